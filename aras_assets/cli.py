@@ -1,0 +1,113 @@
+"""The `aras` command: what a person types."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from aras_assets.instance import PROJECT_ROOT, ensure_dagster_home
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects name=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
+    from aras_assets.pipeline import run_pipeline
+
+    try:
+        summary = run_pipeline(profile, _overrides(args.set), quiet=not args.verbose)
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from resources.tracking import MlflowResource
+
+    root = Path(summary.data_root)
+    print(f"\nDone: {len(summary.tiles)} tiles -> patches and splits.")
+    print(f"  data:        {root}")
+    print(f"  patches:     {root / 'patches'}/<tile>/{{images,masks,manifest.parquet}}")
+    print(f"  splits:      {root / 'splits' / 'splits.parquet'}")
+    print(f"  Dagster UI:  aras ui   (or: DAGSTER_HOME={summary.dagster_home} dagster dev)")
+    print(f"  MLflow UI:   {MlflowResource().ui_command()}")
+    return 0
+
+
+def cmd_sample_region(args: argparse.Namespace) -> int:
+    from aras_assets.settings import load_settings
+    from aras_assets.sources.sample_region import write_sample_region
+    from resources.storage import StorageResource
+
+    settings = load_settings(overrides=_overrides(args.set))
+    out = Path(args.out) if args.out else StorageResource().resolve("sample_region")
+    seed = settings.sample_seed if args.seed is None else args.seed
+    tile_px = settings.sample_tile_px if args.tile_px is None else args.tile_px
+    paths = write_sample_region(out, seed, tile_px, progress=print)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from aras_assets.settings import load_settings
+
+    settings = load_settings(args.profile, _overrides(args.set))
+    for f in dataclasses.fields(settings):
+        print(f"{f.name:18s} {getattr(settings, f.name)!r}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    home = ensure_dagster_home()
+    print(f"Dagster UI on http://{args.host}:{args.port} with DAGSTER_HOME={home}")
+    os.chdir(PROJECT_ROOT)
+    os.execvp("dagster", ["dagster", "dev", "-m", "definitions", "-h", args.host, "-p", str(args.port)])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aras", description="ARAS synthetic-augmented remote-sensing data platform")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_set(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="override one setting (repeatable); see `aras settings`")
+        return p
+
+    demo = with_set(sub.add_parser("demo", help="run every stage on the embedded sample region"))
+    demo.add_argument("-v", "--verbose", action="store_true", help="show Dagster's step logs")
+    run = with_set(sub.add_parser("run", help="run every stage with a profile"))
+    run.add_argument("--profile", default=None, help="demo or paper (default: ARAS_PROFILE or demo)")
+    run.add_argument("-v", "--verbose", action="store_true")
+    sample = with_set(sub.add_parser("sample-region", help="write the sample region's GeoTIFFs"))
+    sample.add_argument("--out", help="folder (default: <data root>/sample_region)")
+    sample.add_argument("--seed", type=int)
+    sample.add_argument("--tile-px", type=int, help="pixels per side of each S2 file")
+    settings = with_set(sub.add_parser("settings", help="print the resolved settings"))
+    settings.add_argument("--profile", default=None)
+    ui = sub.add_parser("ui", help="start the Dagster UI on the project's instance")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return cmd_run(args, "demo")
+    if args.command == "run":
+        return cmd_run(args, args.profile)
+    if args.command == "sample-region":
+        return cmd_sample_region(args)
+    if args.command == "settings":
+        return cmd_settings(args)
+    return cmd_ui(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Running the whole pipeline in the project's Dagster instance, stage by stage, as the
+`aras demo` and `aras run` commands do. Every run is recorded, so `dagster dev` on the same
+instance shows the materializations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import dagster as dg
+import polars as pl
+from tqdm import tqdm
+
+from aras_assets.instance import ensure_dagster_home
+from aras_assets.partitions import S2_TILE_PARTITIONS
+from aras_assets.settings import load_settings
+from aras_assets.sources.sample_region import SAMPLE_TILES, write_sample_region
+from resources.storage import StorageResource
+
+
+@dataclass
+class PipelineSummary:
+    dagster_home: str
+    data_root: str
+    run_ids: dict[str, str] = field(default_factory=dict)
+    tiles: list[str] = field(default_factory=list)
+
+
+def _run_config(profile: str, overrides: Mapping[str, str], quiet: bool) -> dict:
+    config: dict = {"resources": {"settings": {"config": {"profile": profile, "overrides": dict(overrides)}}}}
+    if quiet:
+        config["loggers"] = {"console": {"config": {"log_level": "WARNING"}}}
+    return config
+
+
+def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None = None,
+                 quiet: bool = True, say: Callable[[str], None] = print) -> PipelineSummary:
+    """Materialize every stage that exists: sample region (demo), catalog, patches, splits."""
+    home = ensure_dagster_home()
+    overrides = {**({"profile": profile} if profile else {}), **(overrides or {})}
+    settings = load_settings(overrides.get("profile"), {k: v for k, v in overrides.items() if k != "profile"})
+    storage = StorageResource()
+    if settings.tile_source == "sample_region":
+        folder = storage.resolve(settings.tile_source)
+        say(f"sample region -> {folder}")
+        write_sample_region(folder, settings.sample_seed, settings.sample_tile_px, SAMPLE_TILES, progress=say)
+
+    import definitions  # the same Definitions `dagster dev` serves
+
+    instance = dg.DagsterInstance.get()
+    summary = PipelineSummary(str(home), str(storage.root_path))
+    config = _run_config(settings.profile, {k: v for k, v in overrides.items() if k != "profile"}, quiet)
+
+    def execute(job: str, partition_key: str | None = None) -> str:
+        result = definitions.defs.resolve_job_def(job).execute_in_process(
+            instance=instance, run_config=config, partition_key=partition_key, raise_on_error=False)
+        if not result.success:
+            failure = next((e for e in result.all_events if e.is_failure), None)
+            message = failure.event_specific_data.error.message if failure and failure.event_specific_data \
+                and getattr(failure.event_specific_data, "error", None) else "see the run in the Dagster UI"
+            raise RuntimeError(f"{job}{f' [{partition_key}]' if partition_key else ''} failed "
+                               f"(run {result.run_id}): {message.strip()}")
+        return result.run_id
+
+    say("tile_catalog ...")
+    summary.run_ids["tile_catalog"] = execute("catalog_job")
+    summary.tiles = pl.read_parquet(storage.path("catalog", "tiles.parquet"))["s2_tile"].to_list()
+    assert set(summary.tiles) <= set(instance.get_dynamic_partitions(S2_TILE_PARTITIONS))
+    for tile in tqdm(summary.tiles, desc="real_patches", unit="tile"):
+        summary.run_ids[f"real_patches[{tile}]"] = execute("patches_job", tile)
+    say("splits ...")
+    summary.run_ids["splits"] = execute("splits_job")
+    return summary

@@ -1,0 +1,141 @@
+"""Profiles and settings: one profile (`demo`, `paper`) picks every stage's sizes and models;
+any single value can be overridden by a settings file, an environment variable or the CLI.
+
+Precedence, lowest first: profile defaults, the TOML file named by ARAS_SETTINGS
+(a `[settings]` table), environment variables `ARAS_<NAME>` (upper case), explicit overrides
+(`aras --set name=value`, or the `settings` resource's `overrides` in the Dagster launchpad)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from aras_assets.grid import Footprint
+from aras_assets.landcover import DEFAULT_REMAP, validate_remap
+
+S2_BUCKET_TEMPLATE = "s3://esa-worldcover-s2/rgbnir/2021/{lat_band}/ESA_WorldCover_10m_2021_v200_{tile}_S2RGBNIR.tif"
+WC_BUCKET_TEMPLATE = "s3://esa-worldcover/v200/2021/map/ESA_WorldCover_10m_2021_v200_{tile}_Map.tif"
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str = "demo"
+    # Sources: where tiles come from and which area to take.
+    bbox: tuple[float, float, float, float] = (27.9, 35.9, 31.2, 39.1)  # west, south, east, north
+    tile_source: str = "sample_region"  # a folder (relative paths sit under the data root) or "templates"
+    s2_uri_template: str = S2_BUCKET_TEMPLATE
+    wc_uri_template: str = WC_BUCKET_TEMPLATE
+    # Sample region written by `aras sample-region`.
+    sample_seed: int = 7
+    sample_tile_px: int = 1600
+    # Patches.
+    remap: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_REMAP))
+    normalization: str = "per_patch_max"  # or "stretch"
+    stretch_max: int = 3000  # reflectance x 10000 that maps to 255 with "stretch"
+    water_max_share: float = 0.9
+    workers: int = 0  # threads for patch extraction; 0 = one per core
+    # Splits.
+    split_method: str = "blocked"  # or "random"
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_block: int = 2  # patches per side of a spatial block
+    split_seed: int = 42
+
+    @property
+    def bbox_footprint(self) -> Footprint:
+        return Footprint(*self.bbox)
+
+    def effective_workers(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "paper": {
+        # The paper does not publish its area; Turkey and its coasts is our default.
+        "bbox": (26.0, 36.0, 45.0, 42.0),
+        "tile_source": "templates",
+        "sample_tile_px": 12000,
+        "split_block": 8,
+    },
+}
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn an override (often a string from env or CLI) into the field's type."""
+    if name not in FIELDS:
+        raise ValueError(f"unknown setting {name!r}; known settings: {', '.join(sorted(FIELDS))}")
+    default = getattr(Settings(), name)
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"setting {name}: {value!r} is not valid JSON for a {type(default).__name__}") from exc
+    if isinstance(default, tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(default):
+            raise ValueError(f"setting {name}: expected {len(default)} values, got {value!r}")
+        return tuple(float(v) for v in value)
+    if isinstance(default, dict):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"setting {name}: expected a mapping, got {value!r}")
+        return {int(k): int(v) for k, v in value.items()}
+    if isinstance(default, bool):
+        return bool(value)
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return str(value)
+
+
+def load_settings(profile: str | None = None, overrides: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    profile = profile or env.get("ARAS_PROFILE") or "demo"
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    values: dict[str, Any] = dict(PROFILES[profile])
+    if env.get("ARAS_SETTINGS"):
+        with open(env["ARAS_SETTINGS"], "rb") as fh:
+            values.update(tomllib.load(fh).get("settings", {}))
+    for name in FIELDS:
+        if name != "profile" and f"ARAS_{name.upper()}" in env:
+            values[name] = env[f"ARAS_{name.upper()}"]
+    values.update(overrides or {})
+    values.pop("profile", None)
+    settings = Settings(profile=profile, **{k: _coerce(k, v) for k, v in values.items()})
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    w, so, e, n = s.bbox
+    if not (w < e and so < n and -180 <= w and e <= 180 and -90 <= so and n <= 90):
+        raise ValueError(f"bbox {s.bbox} must be (west, south, east, north) in degrees with west < east, south < north")
+    if s.normalization not in ("per_patch_max", "stretch"):
+        raise ValueError(f"normalization {s.normalization!r} must be 'per_patch_max' or 'stretch'")
+    if s.split_method not in ("blocked", "random"):
+        raise ValueError(f"split_method {s.split_method!r} must be 'blocked' or 'random'")
+    if abs(sum(s.split_fractions) - 1.0) > 1e-6 or min(s.split_fractions) < 0:
+        raise ValueError(f"split_fractions {s.split_fractions} must be three non-negative numbers summing to 1")
+    if not 0 < s.water_max_share <= 1:
+        raise ValueError(f"water_max_share {s.water_max_share} must be in (0, 1]")
+    validate_remap(s.remap)
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """The active profile and overrides, as a resource so the launchpad can change them per run."""
+
+    profile: str = ""
+    overrides: dict[str, str] = {}  # noqa: RUF012 (pydantic copies defaults)
+
+    def get(self) -> Settings:
+        return load_settings(self.profile or None, self.overrides)

@@ -1,0 +1,13 @@
+"""The ARAS Dagster definitions: `dagster dev` and `dagster definitions validate` load this."""
+
+import dagster as dg
+
+from aras_assets.resources_config import default_resources
+from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
+from aras_assets.sources.assets import JOBS as SOURCE_JOBS
+
+defs = dg.Definitions(
+    assets=[*SOURCE_ASSETS],
+    jobs=[*SOURCE_JOBS],
+    resources=default_resources(),
+)

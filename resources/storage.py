@@ -1,0 +1,112 @@
+"""Dataset storage: one root folder, atomic writes, Parquet manifests through polars."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_data_root() -> str:
+    return os.environ.get("ARAS_DATA_ROOT") or str(PROJECT_ROOT / "data")
+
+
+class StorageError(OSError):
+    """The dataset root cannot be used (missing permissions, not a folder)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so readers see the old content or the new, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """Build a folder in a staging place, then swap it in for `final` in one rename.
+
+    If the body raises, the staging folder is removed and `final` is untouched."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+    try:
+        yield stage
+        old = final.with_name(f".{final.name}.{uuid.uuid4().hex}.old")
+        if final.exists():
+            os.replace(final, old)
+        os.replace(stage, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail early, naming the folder, when outputs cannot be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StorageError(f"output folder {folder} is not writable: {exc.strerror or exc}") from exc
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The dataset root (config `root`, else env ARAS_DATA_ROOT, else ./data in the project)."""
+
+    root: str = ""
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root or default_data_root()).expanduser().resolve()
+
+    def path(self, *parts: str) -> Path:
+        return self.root_path.joinpath(*parts)
+
+    def resolve(self, location: str) -> Path:
+        """A path from config: absolute as given, relative ones under the dataset root."""
+        p = Path(location).expanduser()
+        return p if p.is_absolute() else self.root_path / p
+
+    def relative(self, path: Path) -> str:
+        return path.resolve().relative_to(self.root_path).as_posix()
+
+    def writable_dir(self, *parts: str) -> Path:
+        folder = self.path(*parts)
+        check_writable(folder)
+        return folder
+
+    def write_bytes(self, path: Path, data: bytes) -> None:
+        atomic_write_bytes(path, data)
+
+    def write_parquet(self, frame: pl.DataFrame, path: Path) -> None:
+        write_parquet_atomic(frame, path)
+
+    def scan_parquet(self, pattern: str) -> pl.LazyFrame:
+        return pl.scan_parquet(str(self.path(pattern)))
