@@ -1,6 +1,5 @@
 """Source assets: tile_catalog -> real_patches (per s2_tile) -> splits. Thin wiring only."""
 
-from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator

@@ -332,7 +332,8 @@ def write_sample_region(folder: Path, seed: int = 7, tile_px: int = 1600,
         wc, row, col = wc_offset(recipe.tile)
         wc_parts.setdefault(wc, [])
     wanted += [folder / wc_filename(wc) for wc in wc_parts]
-    if spec_file.exists() and json.loads(spec_file.read_text()) == asdict(spec) and all(p.exists() for p in wanted):
+    spec_json = json.dumps(asdict(spec), indent=2)
+    if spec_file.exists() and spec_file.read_text() == spec_json and all(p.exists() for p in wanted):
         return wanted
     folder.mkdir(parents=True, exist_ok=True)
     for recipe in recipes:
@@ -346,5 +347,5 @@ def write_sample_region(folder: Path, seed: int = 7, tile_px: int = 1600,
         if progress:
             progress(f"sample region: writing WorldCover {wc}")
         write_wc_tile(folder / wc_filename(wc), wc, parts)
-    spec_file.write_text(json.dumps(asdict(spec), indent=2))
+    spec_file.write_text(spec_json)
     return wanted
