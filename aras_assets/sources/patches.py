@@ -23,7 +23,7 @@ from PIL import Image
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from aras_assets.grid import grid_offset
+from aras_assets.grid import WC_TILE_DEG, Footprint, grid_offset
 from aras_assets.ids import PATCH_SIZE, patch_id
 from aras_assets.landcover import (
     CLASS_NAMES,
@@ -169,6 +169,9 @@ def extract_tile(tile: TileSource, opts: PatchOptions, out_dir: Path, rel_dir: s
         if not wc_fp.contains(s2_fp):
             raise TileError(f"WorldCover tile {tile.wc_uri} {wc_fp} does not cover S2 tile {tile.s2_tile} {s2_fp}")
         off_row, off_col = grid_offset(wc_fp.west, wc_fp.north, s2_fp.west, s2_fp.north)
+        # Lineage records the window on the 3-degree tile's own grid, whatever part a file holds.
+        wc_tile_fp = Footprint.of_tile(tile.wc_tile, WC_TILE_DEG)
+        file_row, file_col = grid_offset(wc_tile_fp.west, wc_tile_fp.north, wc_fp.west, wc_fp.north)
         n_rows, n_cols = s2.height // PATCH_SIZE, s2.width // PATCH_SIZE
         if n_rows == 0 or n_cols == 0:
             raise TileError(f"S2 tile {tile.s2_uri} is {s2.width}x{s2.height} px, smaller than one patch")
@@ -196,9 +199,9 @@ def extract_tile(tile: TileSource, opts: PatchOptions, out_dir: Path, rel_dir: s
                 ys = slice(i * PATCH_SIZE, (i + 1) * PATCH_SIZE)
                 for col in range(n_cols):
                     xs = slice(col * PATCH_SIZE, (col + 1) * PATCH_SIZE)
-                    west, north = t * (col * PATCH_SIZE, row * PATCH_SIZE)
-                    east, south = t * ((col + 1) * PATCH_SIZE, (row + 1) * PATCH_SIZE)
-                    wc_window = (off_row + row * PATCH_SIZE, off_col + col * PATCH_SIZE)
+                    west, north = t @ (col * PATCH_SIZE, row * PATCH_SIZE)
+                    east, south = t @ ((col + 1) * PATCH_SIZE, (row + 1) * PATCH_SIZE)
+                    wc_window = (file_row + off_row + row * PATCH_SIZE, file_col + off_col + col * PATCH_SIZE)
                     futures.append(pool.submit(_process_patch, tile, row, col, rgb[:, ys, xs], labels[ys, xs],
                                                opts, out_dir, rel_dir, (west, south, east, north), wc_window))
             return futures
