@@ -1,0 +1,61 @@
+"""The whole graph through the command line: the Dagster CLI on definitions.py, and `aras demo`."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture
+def cli_env(tmp_path, sample_region):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ARAS_DATA_ROOT": str(tmp_path / "data"),
+           "ARAS_TILE_SOURCE": str(sample_region), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("ARAS_PROFILE", None)
+    return env
+
+
+@pytest.mark.slow
+def test_dagster_cli_validates_and_materializes(cli_env, tmp_path):
+    run(["dagster", "definitions", "validate", "-m", "definitions"], cli_env)
+    run(["dagster", "asset", "materialize", "-m", "definitions", "--select", "tile_catalog"], cli_env)
+    run(["dagster", "asset", "materialize", "-m", "definitions", "--select", "real_patches",
+         "--partition", "N38E029"], cli_env)
+    manifest = pl.read_parquet(tmp_path / "data" / "patches" / "N38E029" / "manifest.parquet")
+    assert manifest.height > 0
+    with dg.DagsterInstance.from_config(cli_env["DAGSTER_HOME"]) as instance:
+        assert "N38E029" in instance.get_dynamic_partitions("s2_tile")
+        event = instance.get_latest_materialization_event(dg.AssetKey("real_patches"))
+        assert event is not None and event.dagster_event.partition == "N38E029"
+        assert instance.get_run_by_id(event.run_id).is_success
+
+
+@pytest.mark.slow
+def test_aras_demo_end_to_end(cli_env, tmp_path):
+    env = {**cli_env, "ARAS_SAMPLE_TILE_PX": "1024"}
+    env.pop("ARAS_TILE_SOURCE")  # the demo writes and uses its own sample region
+    proc = run([str(BIN / "aras"), "demo"], env)
+    assert "Done: 4 tiles" in proc.stdout and "dagster dev" in proc.stdout
+    data = tmp_path / "data"
+    assert (data / "sample_region" / "sample_region.json").exists()
+    table = pl.read_parquet(data / "splits" / "splits.parquet")
+    manifests = pl.concat([pl.read_parquet(p) for p in sorted((data / "patches").glob("*/manifest.parquet"))])
+    assert table.height == manifests.height > 40
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        for key in ("tile_catalog", "real_patches", "splits"):
+            assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None
