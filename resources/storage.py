@@ -54,6 +54,8 @@ def staged_directory(final: Path) -> Iterator[Path]:
 
     If the body raises, the staging folder is removed and `final` is untouched."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not final.is_dir():
+        raise StorageError(f"output folder {final} exists and is not a folder; move it away and re-run")
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
     try:
         yield stage
