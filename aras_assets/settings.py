@@ -40,6 +40,9 @@ class Settings:
     normalization: str = "per_patch_max"  # or "stretch"
     stretch_max: int = 3000  # reflectance x 10000 that maps to 255 with "stretch"
     water_max_share: float = 0.9
+    # zlib level of the PNGs: lossless at every level; 1 encodes ~4x faster than PIL's default 6
+    # for files ~15% larger, and encoding dominates patch extraction.
+    png_compress_level: int = 1
     workers: int = 0  # threads for patch extraction; 0 = one per core
     # Splits.
     split_method: str = "blocked"  # or "random"
@@ -126,6 +129,8 @@ def _validate(s: Settings) -> None:
         raise ValueError(f"split_method {s.split_method!r} must be 'blocked' or 'random'")
     if abs(sum(s.split_fractions) - 1.0) > 1e-6 or min(s.split_fractions) < 0:
         raise ValueError(f"split_fractions {s.split_fractions} must be three non-negative numbers summing to 1")
+    if not 0 <= s.png_compress_level <= 9:
+        raise ValueError(f"png_compress_level {s.png_compress_level} must be 0..9")
     if not 0 < s.water_max_share <= 1:
         raise ValueError(f"water_max_share {s.water_max_share} must be in (0, 1]")
     validate_remap(s.remap)

@@ -85,7 +85,8 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
                          allow_retries=False)
     entry = catalog.row(0, named=True)
     source = TileSource(entry["s2_tile"], entry["s2_uri"], entry["wc_tile"], entry["wc_uri"])
-    opts = PatchOptions(label_lut(s.remap), s.normalization, s.stretch_max, s.water_max_share, s.effective_workers())
+    opts = PatchOptions(label_lut(s.remap), s.normalization, s.stretch_max, s.water_max_share, s.effective_workers(),
+                        s.png_compress_level)
     last_logged = [0]
 
     def progress(done: int, total: int) -> None:

@@ -57,6 +57,7 @@ class PatchOptions:
     stretch_max: int = 3000
     water_max_share: float = 0.9
     workers: int = 2
+    png_compress_level: int = 1
 
 
 @dataclass
@@ -86,9 +87,9 @@ def to_8bit(rgb: np.ndarray, normalization: str = "per_patch_max", stretch_max: 
     return np.ascontiguousarray(out.transpose(1, 2, 0))
 
 
-def encode_png(array: np.ndarray) -> bytes:
+def encode_png(array: np.ndarray, compress_level: int = 6) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -120,8 +121,8 @@ def _process_patch(tile: TileSource, row: int, col: int, rgb: np.ndarray, labels
     reason = reject_reason(rgb, classes, opts.water_max_share)
     if reason:
         return pid, reason
-    image_png = encode_png(to_8bit(rgb, opts.normalization, opts.stretch_max))
-    mask_png = encode_png(mask_to_rgb(classes))
+    image_png = encode_png(to_8bit(rgb, opts.normalization, opts.stretch_max), opts.png_compress_level)
+    mask_png = encode_png(mask_to_rgb(classes), opts.png_compress_level)
     (out_dir / "images" / f"{pid}.png").write_bytes(image_png)
     (out_dir / "masks" / f"{pid}.png").write_bytes(mask_png)
     counts = np.bincount(classes.ravel(), minlength=NUM_CLASSES)
