@@ -69,7 +69,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     home = ensure_dagster_home()
     print(f"Dagster UI on http://{args.host}:{args.port} with DAGSTER_HOME={home}")
     os.chdir(PROJECT_ROOT)
-    os.execvp("dagster", ["dagster", "dev", "-m", "definitions", "-h", args.host, "-p", str(args.port)])
+    # The interpreter running `aras` has dagster installed, whether or not its bin/ is on PATH.
+    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-m", "definitions",
+                              "-h", args.host, "-p", str(args.port)])
     return 0
 
 
