@@ -101,7 +101,7 @@ def fbm(rng: np.random.Generator, n: int, scales: Iterable[float], gain: float =
     return out / (out.std() + 1e-6)
 
 
-def _disk_distance(n: int, mask: np.ndarray) -> np.ndarray:
+def _disk_distance(mask: np.ndarray) -> np.ndarray:
     """Distance in pixels from every pixel to the nearest True pixel of `mask`."""
     return ndimage.distance_transform_edt(~mask).astype(np.float32)
 
@@ -125,7 +125,7 @@ def _river_mask(rng: np.random.Generator, n: int, width: float) -> np.ndarray:
         line[pts[:, 0], pts[:, 1]] = True
     else:
         line[pts[:, 1], pts[:, 0]] = True
-    return _disk_distance(n, line) <= width / 2
+    return _disk_distance(line) <= width / 2
 
 
 def _fields(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +193,7 @@ def landscape(recipe: TileRecipe, n: int, seed: int) -> tuple[np.ndarray, np.nda
         lake_d = np.hypot(yy - cy, xx - cx) / radius + 0.06 * fbm(rng, n, (120, 40))
         water |= lake_d < 1
         codes[(lake_d >= 1) & (lake_d < 1.08) & (moisture > -0.5)] = 90  # reed belt
-    near_water = (_disk_distance(n, water) < 4) & ~water & (moisture > 0.9)
+    near_water = (_disk_distance(water) < 4) & ~water & (moisture > 0.9)
     codes[near_water] = 90
     codes[water] = 80
 
@@ -326,12 +326,8 @@ def write_sample_region(folder: Path, seed: int = 7, tile_px: int = 1600,
     folder = Path(folder)
     spec = SampleRegionSpec(seed, tile_px, tuple(r.tile for r in recipes))
     spec_file = folder / "sample_region.json"
-    wanted = [folder / s2_filename(r.tile) for r in recipes]
-    wc_parts: dict[str, list[tuple[int, int, np.ndarray]]] = {}
-    for recipe in recipes:
-        wc, row, col = wc_offset(recipe.tile)
-        wc_parts.setdefault(wc, [])
-    wanted += [folder / wc_filename(wc) for wc in wc_parts]
+    wc_parts: dict[str, list[tuple[int, int, np.ndarray]]] = {wc_offset(r.tile)[0]: [] for r in recipes}
+    wanted = [folder / s2_filename(r.tile) for r in recipes] + [folder / wc_filename(wc) for wc in wc_parts]
     spec_json = json.dumps(asdict(spec), indent=2)
     if spec_file.exists() and spec_file.read_text() == spec_json and all(p.exists() for p in wanted):
         return wanted
