@@ -37,8 +37,9 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
                  quiet: bool = True, say: Callable[[str], None] = print) -> PipelineSummary:
     """Materialize every stage that exists: sample region (demo), catalog, patches, splits."""
     home = ensure_dagster_home()
-    overrides = {**({"profile": profile} if profile else {}), **(overrides or {})}
-    settings = load_settings(overrides.get("profile"), {k: v for k, v in overrides.items() if k != "profile"})
+    overrides = dict(overrides or {})
+    profile = overrides.pop("profile", profile)
+    settings = load_settings(profile, overrides)
     storage = StorageResource()
     if settings.tile_source == "sample_region":
         folder = storage.resolve(settings.tile_source)
@@ -49,7 +50,7 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
 
     instance = dg.DagsterInstance.get()
     summary = PipelineSummary(str(home), str(storage.root_path))
-    config = _run_config(settings.profile, {k: v for k, v in overrides.items() if k != "profile"}, quiet)
+    config = _run_config(settings.profile, overrides, quiet)
 
     def execute(job: str, partition_key: str | None = None) -> str:
         result = definitions.defs.resolve_job_def(job).execute_in_process(
@@ -65,7 +66,9 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
     say("tile_catalog ...")
     summary.run_ids["tile_catalog"] = execute("catalog_job")
     summary.tiles = pl.read_parquet(storage.path("catalog", "tiles.parquet"))["s2_tile"].to_list()
-    assert set(summary.tiles) <= set(instance.get_dynamic_partitions(S2_TILE_PARTITIONS))
+    unregistered = set(summary.tiles) - set(instance.get_dynamic_partitions(S2_TILE_PARTITIONS))
+    if unregistered:
+        raise RuntimeError(f"tile_catalog did not register partitions for {sorted(unregistered)}")
     for tile in tqdm(summary.tiles, desc="real_patches", unit="tile"):
         summary.run_ids[f"real_patches[{tile}]"] = execute("patches_job", tile)
     say("splits ...")

@@ -96,9 +96,6 @@ class StorageResource(dg.ConfigurableResource):
         p = Path(location).expanduser()
         return p if p.is_absolute() else self.root_path / p
 
-    def relative(self, path: Path) -> str:
-        return path.resolve().relative_to(self.root_path).as_posix()
-
     def writable_dir(self, *parts: str) -> Path:
         folder = self.path(*parts)
         check_writable(folder)

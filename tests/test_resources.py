@@ -16,10 +16,10 @@ def test_storage_root_from_config_or_env(tmp_path, monkeypatch):
 
 def test_atomic_writes_leave_no_temp_files(tmp_path):
     target = tmp_path / "f.bin"
-    atomic_write_bytes(target, b"one")
-    atomic_write_bytes(target, b"two")
-    assert target.read_bytes() == b"two" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
     storage = StorageResource(root=str(tmp_path))
+    atomic_write_bytes(target, b"one")
+    storage.write_bytes(target, b"two")
+    assert target.read_bytes() == b"two" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
     storage.write_parquet(pl.DataFrame({"a": [1, 2]}), tmp_path / "m" / "x.parquet")
     assert storage.scan_parquet("m/*.parquet").collect()["a"].to_list() == [1, 2]
 
