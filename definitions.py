@@ -3,11 +3,13 @@
 import dagster as dg
 
 from aras_assets.resources_config import default_resources
+from aras_assets.segmentation.assets import ASSETS as SEGMENTATION_ASSETS
+from aras_assets.segmentation.assets import JOBS as SEGMENTATION_JOBS
 from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
 from aras_assets.sources.assets import JOBS as SOURCE_JOBS
 
 defs = dg.Definitions(
-    assets=[*SOURCE_ASSETS],
-    jobs=[*SOURCE_JOBS],
+    assets=[*SOURCE_ASSETS, *SEGMENTATION_ASSETS],
+    jobs=[*SOURCE_JOBS, *SEGMENTATION_JOBS],
     resources=default_resources(),
 )

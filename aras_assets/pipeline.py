@@ -35,7 +35,8 @@ def _run_config(profile: str, overrides: Mapping[str, str], quiet: bool) -> dict
 
 def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None = None,
                  quiet: bool = True, say: Callable[[str], None] = print) -> PipelineSummary:
-    """Materialize every stage that exists: sample region (demo), catalog, patches, splits."""
+    """Materialize every stage that exists: sample region (demo), catalog, patches, splits,
+    segmentation models of `seg_archs` with their evaluation, and labels of the real patches."""
     home = ensure_dagster_home()
     overrides = dict(overrides or {})
     profile = overrides.pop("profile", profile)
@@ -73,4 +74,9 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
         summary.run_ids[f"real_patches[{tile}]"] = execute("patches_job", tile)
     say("splits ...")
     summary.run_ids["splits"] = execute("splits_job")
+    for arch in tqdm(settings.seg_archs, desc="segmentation_model + eval", unit="arch"):
+        summary.run_ids[f"segmentation[{arch}]"] = execute("segmentation_job", arch)
+    if settings.seg_archs:
+        for tile in tqdm(summary.tiles, desc="real_patch_labels", unit="tile"):
+            summary.run_ids[f"real_patch_labels[{tile}]"] = execute("labels_job", tile)
     return summary

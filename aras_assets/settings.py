@@ -24,6 +24,13 @@ S2_BUCKET_TEMPLATE = "s3://esa-worldcover-s2/rgbnir/2021/{lat_band}/ESA_WorldCov
 WC_BUCKET_TEMPLATE = "s3://esa-worldcover/v200/2021/map/ESA_WorldCover_10m_2021_v200_{tile}_Map.tif"
 
 
+SEG_ARCHS = ("unet", "unetplusplus", "pan", "deeplabv3plus", "segformer", "fpn")
+# Small encoders keep the demo on a CPU in minutes.
+DEMO_ENCODERS = {arch: "tu-mobilenetv3_small_050" for arch in SEG_ARCHS} | {"segformer": "mit_b0"}
+# The paper does not name its encoders: smp's default ResNet-34, and MiT-B2 for Segformer.
+PAPER_ENCODERS = {arch: "resnet34" for arch in SEG_ARCHS} | {"segformer": "mit_b2"}
+
+
 @dataclass(frozen=True)
 class Settings:
     profile: str = "demo"
@@ -49,6 +56,26 @@ class Settings:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_block: int = 2  # patches per side of a spatial block
     split_seed: int = 42
+    # Segmentation: which architectures `aras demo|run` trains (all six are partitions of the
+    # asset), the encoder of each, and the training recipe of the release.
+    seg_archs: tuple[str, ...] = ("fpn", "segformer")
+    seg_encoders: dict[str, str] = field(default_factory=lambda: dict(DEMO_ENCODERS))
+    seg_encoder_weights: str = ""  # folder of local `<encoder>.pth` files; empty = random init, nothing downloaded
+    seg_epochs: int = 8
+    seg_batch_size: int = 8
+    seg_eval_batch_size: int = 16
+    seg_lr: float = 1e-3
+    seg_weight_decay: float = 1e-2
+    seg_grad_clip: float = 1.0
+    seg_ce_weight: float = 0.0  # > 0 adds cross-entropy to the Dice loss
+    seg_lr_factor: float = 0.5
+    seg_lr_patience: int = 2
+    seg_patience: int = 5  # early stopping, epochs without a better validation macro F1
+    seg_augment: bool = True
+    seg_seed: int = 0
+    seg_loader_workers: int = 0  # DataLoader worker processes; 0 reads in the training process
+    label_batch_size: int = 16
+    label_model: str = "champion"  # the model labelling images: champion, <arch>, <arch>/<version> or <name>@<alias>
 
     @property
     def bbox_footprint(self) -> Footprint:
@@ -66,6 +93,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "tile_source": "templates",
         "sample_tile_px": 12000,
         "split_block": 8,
+        "seg_archs": SEG_ARCHS,
+        "seg_encoders": PAPER_ENCODERS,
+        "seg_epochs": 100,
+        "seg_batch_size": 24,
+        "seg_eval_batch_size": 64,
+        "seg_loader_workers": 8,
+        "label_batch_size": 64,
     },
 }
 
@@ -83,13 +117,18 @@ def _coerce(name: str, value: Any) -> Any:
         except json.JSONDecodeError as exc:
             raise ValueError(f"setting {name}: {value!r} is not valid JSON for a {type(default).__name__}") from exc
     if isinstance(default, tuple):
+        if isinstance(default[0], str):  # a list of names, any length
+            if isinstance(value, str) or not isinstance(value, list | tuple):
+                raise ValueError(f"setting {name}: expected a list of names, got {value!r}")
+            return tuple(str(v) for v in value)
         if not isinstance(value, list | tuple) or len(value) != len(default):
             raise ValueError(f"setting {name}: expected {len(default)} values, got {value!r}")
         return tuple(float(v) for v in value)
     if isinstance(default, dict):
         if not isinstance(value, Mapping):
             raise ValueError(f"setting {name}: expected a mapping, got {value!r}")
-        return {int(k): int(v) for k, v in value.items()}
+        kind = type(next(iter(default.values())))
+        return {kind(k): kind(v) for k, v in value.items()}
     if isinstance(default, bool):
         return bool(value)
     if isinstance(default, int):
@@ -114,7 +153,10 @@ def load_settings(profile: str | None = None, overrides: Mapping[str, Any] | Non
             values[name] = env[f"ARAS_{name.upper()}"]
     values.update(overrides or {})
     values.pop("profile", None)
-    settings = Settings(profile=profile, **{k: _coerce(k, v) for k, v in values.items()})
+    coerced = {k: _coerce(k, v) for k, v in values.items()}
+    if "seg_encoders" in coerced:  # a partial mapping changes only the architectures it names
+        coerced["seg_encoders"] = {**PROFILES[profile].get("seg_encoders", DEMO_ENCODERS), **coerced["seg_encoders"]}
+    settings = Settings(profile=profile, **coerced)
     _validate(settings)
     return settings
 
@@ -134,6 +176,14 @@ def _validate(s: Settings) -> None:
     if not 0 < s.water_max_share <= 1:
         raise ValueError(f"water_max_share {s.water_max_share} must be in (0, 1]")
     validate_remap(s.remap)
+    unknown = sorted(set(s.seg_archs) - set(SEG_ARCHS))
+    if unknown:
+        raise ValueError(f"seg_archs {unknown} unknown; architectures are {', '.join(SEG_ARCHS)}")
+    missing = sorted(set(SEG_ARCHS) - set(s.seg_encoders))
+    if missing:
+        raise ValueError(f"seg_encoders names no encoder for {missing}")
+    if min(s.seg_epochs, s.seg_batch_size, s.seg_eval_batch_size, s.label_batch_size) < 1:
+        raise ValueError("seg_epochs and the batch sizes must be at least 1")
 
 
 class SettingsResource(dg.ConfigurableResource):

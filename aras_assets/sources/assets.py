@@ -15,7 +15,7 @@ from aras_assets.sources.catalog import build_catalog
 from aras_assets.sources.checks import check_patches, check_splits
 from aras_assets.sources.patches import CLASS_COUNT_COLUMNS, PatchOptions, TileSource, extract_tile
 from aras_assets.sources.rasters import TileError
-from aras_assets.sources.splits import SPLITS, assign_splits
+from aras_assets.sources.splits import SPLITS, assign_splits, splits_version
 from resources.storage import StorageError, StorageResource, staged_directory
 
 CATALOG_PATH = ("catalog", "tiles.parquet")
@@ -23,11 +23,11 @@ SPLITS_PATH = ("splits", "splits.parquet")
 
 
 @contextlib.contextmanager
-def bad_input_as_failure() -> Iterator[None]:
+def bad_input_as_failure(*more: type[Exception]) -> Iterator[None]:
     """Bad input fails the step with its message and is not retried (retrying cannot fix it)."""
     try:
         yield
-    except (TileError, StorageError, UnknownLabelError, ValueError) as exc:
+    except (TileError, StorageError, UnknownLabelError, ValueError, *more) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
@@ -149,9 +149,11 @@ def splits(context: dg.AssetExecutionContext, settings: SettingsResource,
     problems = check_splits(written, patches["patch_id"], s.split_fractions)
     counts = {name: written.filter(pl.col("split") == name).height for name in SPLITS}
     context.log.info(f"splits: {counts} over {written['block_id'].n_unique()} blocks ({s.split_method})")
+    version = splits_version(written)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
         metadata={**counts, "method": s.split_method, "blocks": written["block_id"].n_unique(),
-                  "tiles_missing": len(missing), "path": dg.MetadataValue.path(str(out))},
+                  "tiles_missing": len(missing), "version": version, "path": dg.MetadataValue.path(str(out))},
         check_results=[dg.AssetCheckResult(check_name=n, passed=not p, metadata={"problems": "; ".join(p[:5])})
                        for n, p in problems.items()])
 

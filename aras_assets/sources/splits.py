@@ -59,3 +59,11 @@ def _fill_empty(split: list[str], u: list[float], fractions: tuple[float, float,
             best = min(donors, key=lambda i: max(lo - u[i], u[i] - hi, 0.0))
             split[best] = name
     return split
+
+
+def splits_version(splits: pl.DataFrame) -> str:
+    """A content hash of patch -> split: the data version models trained on these splits record."""
+    digest = hashlib.blake2b(digest_size=12)
+    for pid, split in splits.select("patch_id", "split").sort("patch_id").iter_rows():
+        digest.update(f"{pid}={split};".encode())
+    return digest.hexdigest()

@@ -1,0 +1,120 @@
+"""Patch pairs for training and evaluation, read lazily from the manifests' PNG paths, with
+augmentation applied to image and mask together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image
+
+from aras_assets.landcover import rgb_to_mask
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+class SplitError(ValueError):
+    """Splits that are missing, empty or do not match the patches."""
+
+
+def split_records(manifest: pl.DataFrame, splits: pl.DataFrame, split: str) -> pl.DataFrame:
+    """patch_id, image_path, mask_path of one split, in patch-id order (so runs are repeatable)."""
+    if splits.is_empty():
+        raise SplitError("the splits table is empty: materialize real_patches for some tiles, then splits")
+    chosen = splits.filter(pl.col("split") == split).select("patch_id")
+    if chosen.is_empty():
+        raise SplitError(f"the {split!r} split has no patches; materialize more tiles or change split_fractions")
+    records = chosen.join(manifest.select("patch_id", "image_path", "mask_path"), on="patch_id", how="left")
+    lost = records.filter(pl.col("image_path").is_null())["patch_id"]
+    if len(lost):
+        raise SplitError(f"{len(lost)} patches of the {split!r} split are in no manifest (e.g. {lost[0]}); "
+                         "re-materialize splits after real_patches")
+    return records.sort("patch_id")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """(H, W) class indices; a colour outside the palette is an error naming the file."""
+    with Image.open(path) as im:
+        return rgb_to_mask(np.asarray(im.convert("RGB")), source=str(path))
+
+
+def normalize(image: np.ndarray) -> torch.Tensor:
+    """uint8 or [0, 1] float (H, W, 3) -> ImageNet-normalised float (3, H, W)."""
+    scaled = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(((scaled - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)))
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+            brightness: float = 0.2, contrast: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips and quarter turns on both, brightness/contrast on the image only.
+    Returns a [0, 1] float image and the moved mask."""
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if rng.random() < 0.5:
+        image, mask = image[::-1], mask[::-1]
+    k = int(rng.integers(4))
+    image, mask = np.rot90(image, k), np.rot90(mask, k)
+    scaled = image.astype(np.float32) / 255.0
+    alpha = 1.0 + rng.uniform(-contrast, contrast)
+    beta = rng.uniform(-brightness, brightness)
+    scaled = np.clip(scaled * alpha + beta, 0.0, 1.0)
+    return scaled, np.ascontiguousarray(mask)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """(image, mask) pairs; files are opened on access so memory does not grow with the split.
+    Augmentation draws from (seed, epoch, index), so it is the same with any worker count."""
+
+    def __init__(self, root: Path, records: pl.DataFrame, augment: bool = False, seed: int = 0) -> None:
+        self.root = Path(root)
+        self.ids: list[str] = records["patch_id"].to_list()
+        self.images: list[str] = records["image_path"].to_list()
+        self.masks: list[str] = records["mask_path"].to_list()
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = read_image(self.root / self.images[index])
+        mask = read_mask(self.root / self.masks[index])
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            image, mask = augment(image, mask, rng)
+        return normalize(image), torch.from_numpy(mask.astype(np.int64))
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Images alone (for labelling): normalised tensors and their index."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return normalize(read_image(self.paths[index])), index
+
+
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = False, workers: int = 0,
+                seed: int = 0, drop_last: bool = False) -> torch.utils.data.DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                                       generator=generator, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                                       persistent_workers=False)  # fresh workers see set_epoch

@@ -1,0 +1,86 @@
+"""Segmentation metrics against scikit-learn, and hand-worked known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
+
+from aras_assets.segmentation.metrics import ConfusionMatrix, scores_from_confusion
+
+
+def sklearn_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    kw = {"average": "macro", "zero_division": 0}
+    return {
+        "f1": f1_score(truth, pred, **kw), "iou": jaccard_score(truth, pred, **kw),
+        "precision": precision_score(truth, pred, **kw), "recall": recall_score(truth, pred, **kw),
+        "accuracy": accuracy_score(truth, pred),
+    }
+
+
+def ours(truth: np.ndarray, pred: np.ndarray, batches: int = 1) -> dict[str, float]:
+    matrix = ConfusionMatrix(7)
+    for t, p in zip(np.array_split(truth, batches), np.array_split(pred, batches), strict=True):
+        matrix.update(torch.from_numpy(t), torch.from_numpy(p))
+    s = matrix.scores()
+    return {"f1": s.f1, "iou": s.iou, "precision": s.precision, "recall": s.recall, "accuracy": s.accuracy}
+
+
+CASES = {
+    "random": lambda rng: (rng.integers(0, 7, 5000), rng.integers(0, 7, 5000)),
+    "mostly right": lambda rng: (t := rng.integers(0, 7, 5000), np.where(rng.random(5000) < 0.8, t, rng.integers(0, 7, 5000))),
+    # class 6 in neither truth nor prediction, class 5 only in the prediction
+    "absent and prediction-only classes": lambda rng: (rng.integers(0, 5, 3000),
+                                                       np.where(rng.random(3000) < 0.3, 5, rng.integers(0, 5, 3000))),
+    "one class everywhere": lambda rng: (np.full(100, 2), np.full(100, 2)),
+    "all wrong": lambda rng: (np.zeros(50, dtype=np.int64), np.ones(50, dtype=np.int64)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("batches", [1, 7])
+def test_scores_equal_sklearn(case: str, batches: int) -> None:
+    truth, pred = CASES[case](np.random.default_rng(3))
+    expected, got = sklearn_scores(truth, pred), ours(truth, pred, batches)
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-12), key
+
+
+def test_per_class_scores_equal_sklearn() -> None:
+    truth, pred = CASES["absent and prediction-only classes"](np.random.default_rng(5))
+    matrix = ConfusionMatrix(7)
+    matrix.update(truth, pred)
+    s = matrix.scores()
+    labels = list(range(7))
+    np.testing.assert_allclose(s.per_class_f1, f1_score(truth, pred, labels=labels, average=None, zero_division=0))
+    np.testing.assert_allclose(s.per_class_iou, jaccard_score(truth, pred, labels=labels, average=None, zero_division=0))
+    assert s.present == (True, True, True, True, True, True, False)
+    assert s.per_class_f1[5] == 0.0  # predicted but never true
+
+
+def test_known_answer_by_hand() -> None:
+    # truth 0 0 1 1, prediction 0 1 1 1: class 0 tp1 fn1, class 1 tp2 fp1
+    s = scores_from_confusion(np.array([[1, 1], [0, 2]]))
+    assert s.accuracy == pytest.approx(0.75)
+    assert s.per_class_f1 == pytest.approx((2 / 3, 4 / 5))
+    assert s.per_class_iou == pytest.approx((1 / 2, 2 / 3))
+    assert s.precision == pytest.approx((1 + 2 / 3) / 2)
+    assert s.recall == pytest.approx((1 / 2 + 1) / 2)
+
+
+def test_ignore_index_and_bad_classes() -> None:
+    matrix = ConfusionMatrix(7)
+    matrix.update(torch.tensor([0, 255, 3]), torch.tensor([0, 4, 3]))
+    assert matrix.total == 2 and matrix.scores().accuracy == 1.0
+    with pytest.raises(ValueError, match="class indices"):
+        matrix.update(torch.tensor([7]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="pixels"):
+        matrix.update(torch.tensor([1, 2]), torch.tensor([1]))
+
+
+def test_memory_is_the_matrix_only() -> None:
+    matrix = ConfusionMatrix(7)
+    for _ in range(20):
+        matrix.update(torch.randint(0, 7, (4, 64, 64)), torch.randint(0, 7, (4, 64, 64)))
+    assert matrix.counts.shape == (7, 7) and matrix.total == 20 * 4 * 64 * 64
