@@ -1,0 +1,132 @@
+"""Segmentation assets through dagster.materialize: a tiny model trained on the sample region,
+registered in MLflow with the champion alias, evaluated, and used to label a tile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from aras_assets.segmentation.assets import ASSETS as SEG_ASSETS
+from aras_assets.segmentation.assets import real_patch_labels, segmentation_eval, segmentation_model
+from aras_assets.segmentation.registry import CHAMPION, model_name
+from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
+from aras_assets.sources.assets import real_patches, splits, tile_catalog
+from tests.conftest import make_resources
+
+ALL = [*SOURCE_ASSETS, *SEG_ASSETS]
+# A bigger validation split than the demo's, so its accuracy is a steady measure on ~50 patches.
+TINY = {"split_fractions": "[0.6, 0.3, 0.1]", "seg_epochs": "14", "seg_batch_size": "4", "seg_lr": "0.003"}
+
+
+def materialize(selection, resources, instance, partition_key=None, raise_on_error=True):
+    return dg.materialize(ALL, selection=selection, resources=resources, instance=instance,
+                          partition_key=partition_key, raise_on_error=raise_on_error)
+
+
+@pytest.fixture(scope="module")
+def trained(sample_region: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Sources plus pan trained 14 epochs and deeplabv3plus trained 1 epoch, on one instance."""
+    root = tmp_path_factory.mktemp("seg") / "data"
+    root.mkdir()
+    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        mp.setenv("ARAS_DATA_ROOT", str(root))
+        resources = make_resources(root, sample_region, **TINY)
+        materialize([tile_catalog], resources, instance)
+        for tile in instance.get_dynamic_partitions("s2_tile"):
+            materialize([real_patches], resources, instance, tile)
+        materialize([splits], resources, instance)
+        pan = materialize([segmentation_model], resources, instance, "pan")
+        quick = make_resources(root, sample_region, **{**TINY, "seg_epochs": "1"})
+        deeplab = materialize([segmentation_model], quick, instance, "deeplabv3plus")
+        yield {"root": root, "resources": resources, "instance": instance, "pan": pan, "deeplab": deeplab}
+
+
+def metadata(result, asset: str) -> dict:
+    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
+
+
+def val_majority_accuracy(root: Path) -> float:
+    table = pl.read_parquet(root / "splits" / "splits.parquet").filter(pl.col("split") == "val")
+    manifests = pl.concat([pl.read_parquet(p) for p in root.glob("patches/*/manifest.parquet")])
+    counts = manifests.join(table.select("patch_id"), on="patch_id").select(pl.col("^px_.*$")).sum().row(0)
+    return max(counts) / sum(counts)
+
+
+def test_tiny_model_beats_the_majority_class(trained) -> None:
+    meta = metadata(trained["pan"], "segmentation_model")
+    majority = val_majority_accuracy(trained["root"])
+    assert meta["val_accuracy"] > majority + 0.1, (meta["val_accuracy"], majority)
+    assert meta["model_version"] == "aras-segmentation-pan/1"
+    assert (trained["root"] / "models" / "segmentation" / "pan" / "best.pt").exists()
+
+
+def test_mlflow_has_run_version_and_champion(trained) -> None:
+    client = trained["resources"]["mlflow"].client()
+    meta = {arch: metadata(trained[key], "segmentation_model") for arch, key in (("pan", "pan"),
+                                                                                ("deeplabv3plus", "deeplab"))}
+    run = client.get_run(meta["pan"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dagster.partition"] == "pan"
+    assert run.data.tags["dagster.run_id"] == trained["pan"].run_id
+    assert len(run.data.tags["aras.splits_version"]) == 24
+    assert run.data.params["train.epochs"] == "14"
+    history = client.get_metric_history(run.info.run_id, "val_f1")
+    assert len(history) == meta["pan"]["epochs_run"] and len(history) >= 6
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/val_confusion.png", "plots/val_predictions.png"} <= artifacts
+    versions = {arch: client.get_model_version(model_name(arch), "1") for arch in meta}
+    assert all(v.run_id == meta[a]["mlflow_run_id"] for a, v in versions.items())
+    best = max(meta, key=lambda a: meta[a]["val_f1"])
+    holder = client.get_registered_model(model_name(best))
+    assert str(holder.aliases.get(CHAMPION)) == "1"
+    other = next(a for a in meta if a != best)
+    assert CHAMPION not in client.get_registered_model(model_name(other)).aliases
+    import mlflow
+
+    mlflow.set_tracking_uri(trained["resources"]["mlflow"].resolved_tracking_uri)
+    loaded = mlflow.pytorch.load_model(f"models:/{model_name(best)}@{CHAMPION}")
+    assert sum(p.numel() for p in loaded.parameters()) == meta[best]["parameters"]
+
+
+def test_eval_writes_tables_beside_the_paper(trained) -> None:
+    result = materialize([segmentation_eval], trained["resources"], trained["instance"], "pan")
+    meta = metadata(result, "segmentation_eval")
+    assert 0 < meta["test_f1"] <= 100 and meta["model_version"] == "aras-segmentation-pan/1"
+    assert "| PAN | ours |" in meta["table3"]
+    assert "|  | paper | 76.20 | 64.10 | 75.29 | 77.60 | 84.62 |" in meta["table3"]
+    assert "|  | paper | 90.31 | 46.88 | 84.05 | 86.38 | 71.50 | 60.58 | 93.69 |" in meta["table4"]
+    stored = json.loads((trained["root"] / "eval" / "segmentation" / "pan" / "metrics.json").read_text())
+    assert np.array(stored["confusion"]).sum() == meta["test_pixels"]
+    run = trained["resources"]["mlflow"].client().get_run(meta["mlflow_run_id"])
+    assert run.data.metrics["test_f1"] == pytest.approx(meta["test_f1"] / 100, abs=1e-4)
+
+
+def test_labeler_asset_writes_one_mask_per_image(trained) -> None:
+    root, instance = trained["root"], trained["instance"]
+    tile = sorted(instance.get_dynamic_partitions("s2_tile"))[0]
+    result = materialize([real_patch_labels], trained["resources"], instance, tile)
+    meta = metadata(result, "real_patch_labels")
+    labels = pl.read_parquet(root / "labels" / "real_patch_labels" / tile / "manifest.parquet")
+    patches = pl.read_parquet(root / "patches" / tile / "manifest.parquet")
+    assert labels["image_id"].to_list() == patches["patch_id"].to_list() == sorted(labels["image_id"])
+    client = trained["resources"]["mlflow"].client()
+    champion = next(m for m in client.search_registered_models() if CHAMPION in m.aliases)
+    assert set(labels["model_name"]) == {champion.name} and meta["model_version"] == f"{champion.name}/1"
+    for row in labels.iter_rows(named=True):
+        with Image.open(root / row["mask_path"]) as im:
+            assert im.size == (256, 256) and im.mode == "RGB"
+    assert labels.select(pl.sum_horizontal(pl.col("^px_.*$"))).to_series().unique().to_list() == [256 * 256]
+
+
+def test_eval_without_a_trained_model_says_what_to_do(trained) -> None:
+    result = materialize([segmentation_eval], trained["resources"], trained["instance"], "unet",
+                         raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "materialize segmentation_model for partition unet" in str(failure.event_specific_data.error.message)
