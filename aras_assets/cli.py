@@ -32,10 +32,18 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
     from resources.tracking import MlflowResource
 
     root = Path(summary.data_root)
-    print(f"\nDone: {len(summary.tiles)} tiles -> patches and splits.")
+    archs = [key[len("segmentation["):-1] for key in summary.run_ids if key.startswith("segmentation[")]
+    print(f"\nDone: {len(summary.tiles)} tiles -> patches and splits; segmentation: {', '.join(archs) or 'none'}.")
     print(f"  data:        {root}")
     print(f"  patches:     {root / 'patches'}/<tile>/{{images,masks,manifest.parquet}}")
     print(f"  splits:      {root / 'splits' / 'splits.parquet'}")
+    if archs:
+        tables = root / "eval" / "segmentation" / "tables.md"
+        print(f"  models:      {root / 'models' / 'segmentation'}/<arch>/best.pt (registered as aras-segmentation-<arch>)")
+        print(f"  test scores: {tables}")
+        print(f"  labels:      {root / 'labels' / 'real_patch_labels'}/<tile>/{{masks,manifest.parquet}}")
+        if tables.exists():
+            print("\n" + tables.read_text())
     print(f"  Dagster UI:  aras ui   (or: DAGSTER_HOME={summary.dagster_home} dagster dev)")
     print(f"  MLflow UI:   {MlflowResource().ui_command()}")
     return 0

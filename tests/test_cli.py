@@ -47,15 +47,19 @@ def test_dagster_cli_validates_and_materializes(cli_env, tmp_path):
 
 @pytest.mark.slow
 def test_aras_demo_end_to_end(cli_env, tmp_path):
-    env = {**cli_env, "ARAS_SAMPLE_TILE_PX": "1024"}
+    env = {**cli_env, "ARAS_SAMPLE_TILE_PX": "1024", "ARAS_SEG_EPOCHS": "1"}
     env.pop("ARAS_TILE_SOURCE")  # the demo writes and uses its own sample region
     proc = run([str(BIN / "aras"), "demo"], env)
-    assert "Done: 4 tiles" in proc.stdout and "dagster dev" in proc.stdout
+    assert "Done: 4 tiles" in proc.stdout and "segmentation: pan, fpn" in proc.stdout and "dagster dev" in proc.stdout
+    assert "| PAN | ours |" in proc.stdout and "| FPN | ours |" in proc.stdout
     data = tmp_path / "data"
     assert (data / "sample_region" / "sample_region.json").exists()
     table = pl.read_parquet(data / "splits" / "splits.parquet")
     manifests = pl.concat([pl.read_parquet(p) for p in sorted((data / "patches").glob("*/manifest.parquet"))])
     assert table.height == manifests.height > 40
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        for key in ("tile_catalog", "real_patches", "splits"):
+        for key in ("tile_catalog", "real_patches", "splits", "segmentation_model", "segmentation_eval",
+                    "real_patch_labels"):
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None
+    labelled = pl.concat([pl.read_parquet(p) for p in (data / "labels" / "real_patch_labels").glob("*/manifest.parquet")])
+    assert labelled.height == manifests.height
