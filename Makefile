@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/patches.py
+	$(BIN)/python bench/segmentation.py
 
 ui: $(STAMP)
 	$(BIN)/aras ui

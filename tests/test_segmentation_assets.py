@@ -14,7 +14,7 @@ from PIL import Image
 
 from aras_assets.segmentation.assets import ASSETS as SEG_ASSETS
 from aras_assets.segmentation.assets import real_patch_labels, segmentation_eval, segmentation_model
-from aras_assets.segmentation.registry import CHAMPION, model_name
+from aras_assets.segmentation.registry import CHAMPION, NoModelError, model_name, resolve_version
 from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
 from aras_assets.sources.assets import real_patches, splits, tile_catalog
 from tests.conftest import make_resources
@@ -87,6 +87,11 @@ def test_mlflow_has_run_version_and_champion(trained) -> None:
     assert str(holder.aliases.get(CHAMPION)) == "1"
     other = next(a for a in meta if a != best)
     assert CHAMPION not in client.get_registered_model(model_name(other)).aliases
+    assert str(resolve_version(client, "champion")) == f"{model_name(best)}/1"
+    assert str(resolve_version(client, "deeplabv3plus")) == "aras-segmentation-deeplabv3plus/1"
+    assert resolve_version(client, "pan/1").run_id == meta["pan"]["mlflow_run_id"]
+    with pytest.raises(NoModelError, match="unet/3"):
+        resolve_version(client, "unet/3")
     import mlflow
 
     mlflow.set_tracking_uri(trained["resources"]["mlflow"].resolved_tracking_uri)
@@ -130,3 +135,15 @@ def test_eval_without_a_trained_model_says_what_to_do(trained) -> None:
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
     assert "materialize segmentation_model for partition unet" in str(failure.event_specific_data.error.message)
+
+
+def test_training_without_splits_says_what_to_do(sample_region: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    with dg.instance_for_test() as instance:
+        result = materialize([segmentation_model], make_resources(root, sample_region), instance, "pan",
+                             raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "materialize splits first" in str(failure.event_specific_data.error.message)
+    assert not (root / "mlflow.db").exists() or not list((root / "models").glob("*/*/last.pt"))

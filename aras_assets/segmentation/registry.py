@@ -142,7 +142,7 @@ def find_champion(client: Any) -> ModelVersionRef:
 
 
 def resolve_version(client: Any, reference: str) -> ModelVersionRef:
-    """`champion`, `<arch>`, `<name>/<version>` or `<name>@<alias>` to a registered version."""
+    """`champion`, `<arch>` (its newest version), `<arch or name>/<version>` or `<arch or name>@<alias>`."""
     if reference in ("", CHAMPION):
         return find_champion(client)
     name, _, version = reference.partition("/")
@@ -152,10 +152,12 @@ def resolve_version(client: Any, reference: str) -> ModelVersionRef:
     if not name.startswith(MODEL_PREFIX):
         name = model_name(name)
     try:
-        if alias or not version:
-            mv = client.get_model_version_by_alias(name, alias or CHAMPION)
-        else:
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        elif version:
             mv = client.get_model_version(name, version)
+        else:  # an architecture alone: its newest version
+            mv = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
     except Exception as exc:
         raise NoModelError(f"no registered model version {reference!r} ({exc.__class__.__name__})") from exc
     return ModelVersionRef(name, str(mv.version), mv.run_id or "", float(mv.tags.get(SELECTION_METRIC, "nan")))
