@@ -218,3 +218,14 @@ def test_no_champion_is_a_clear_error(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(NoModelError, match="materialize segmentation_model"):
         find_champion(MlflowClient(uri, uri))
+
+
+def test_evaluate_runs_in_eval_mode_and_leaves_batchnorm_alone(pairs) -> None:
+    from aras_assets.segmentation.data import make_loader
+    from aras_assets.segmentation.training import evaluate
+
+    model = build_model(TINY_SPEC).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluate(model, make_loader(datasets(pairs)[1], 4), CPU)
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -132,6 +132,8 @@ def evaluate(forward: Callable, loader: torch.utils.data.DataLoader, runtime: To
     """Accumulate one confusion matrix over the loader (and the mean loss when given)."""
     matrix = ConfusionMatrix(num_classes)
     total, images = 0.0, 0
+    if isinstance(forward, torch.nn.Module):
+        forward.eval()  # running BatchNorm statistics, no dropout (and they stay untouched)
     with torch.inference_mode():
         for image, mask in loader:
             image, mask = runtime.to_device(image), mask.to(runtime.torch_device, non_blocking=True)
