@@ -73,6 +73,41 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    """Label a folder or Parquet manifest of images with a registered segmentation model."""
+    import tempfile
+
+    from tqdm import tqdm
+
+    from aras_assets.segmentation.labeler import Labeler, ShardError, label_images, shard_images
+    from aras_assets.segmentation.models import CheckpointError, load_model
+    from aras_assets.segmentation.registry import NoModelError, download_checkpoint, resolve_version
+    from resources import MlflowResource, TorchDeviceResource
+    from resources.storage import write_parquet_atomic
+
+    tracking = MlflowResource(tracking_uri=args.tracking_uri or "")
+    out = Path(args.out)
+    try:
+        images = shard_images(Path(args.source))
+        ref = resolve_version(tracking.client(), args.model)
+        with tempfile.TemporaryDirectory() as scratch:
+            model, spec, _ = load_model(download_checkpoint(tracking.resolved_tracking_uri, ref, Path(scratch)))
+        bar = tqdm(total=images.height, desc=f"labelling with {ref}", unit="img")
+
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        rows = label_images(Labeler(model, spec, ref.name, ref.version), images, out / "masks", "masks",
+                            TorchDeviceResource().runtime(inference=True), args.batch_size, progress=progress)
+        bar.close()
+        write_parquet_atomic(rows, out / "manifest.parquet")
+    except (ShardError, NoModelError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{rows.height} masks by {ref} -> {out / 'masks'}; manifest {out / 'manifest.parquet'}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     home = ensure_dagster_home()
     print(f"Dagster UI on http://{args.host}:{args.port} with DAGSTER_HOME={home}")
@@ -103,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--tile-px", type=int, help="pixels per side of each S2 file")
     settings = with_set(sub.add_parser("settings", help="print the resolved settings"))
     settings.add_argument("--profile", default=None)
+    label = sub.add_parser("label", help="label a folder or Parquet manifest of images with a registered model")
+    label.add_argument("source", help="folder of images, or Parquet manifest with image_path (and image_id)")
+    label.add_argument("--out", required=True, help="folder for masks/ and manifest.parquet")
+    label.add_argument("--model", default="champion", help="champion, <arch>, <arch>/<version> or <arch>@<alias>")
+    label.add_argument("--batch-size", type=int, default=16)
+    label.add_argument("--tracking-uri", default=None, help="MLflow store (default: the project's)")
     ui = sub.add_parser("ui", help="start the Dagster UI on the project's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
@@ -116,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sample_region(args)
     if args.command == "settings":
         return cmd_settings(args)
+    if args.command == "label":
+        return cmd_label(args)
     return cmd_ui(args)
 
 

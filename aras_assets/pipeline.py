@@ -29,7 +29,7 @@ class PipelineSummary:
 def _run_config(profile: str, overrides: Mapping[str, str], quiet: bool) -> dict:
     config: dict = {"resources": {"settings": {"config": {"profile": profile, "overrides": dict(overrides)}}}}
     if quiet:
-        config["loggers"] = {"console": {"config": {"log_level": "WARNING"}}}
+        config["loggers"] = {"console": {"config": {"log_level": "INFO"}}}  # step progress, no engine events
     return config
 
 

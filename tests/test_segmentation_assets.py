@@ -147,3 +147,17 @@ def test_training_without_splits_says_what_to_do(sample_region: Path, tmp_path: 
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
     assert "materialize splits first" in str(failure.event_specific_data.error.message)
     assert not (root / "mlflow.db").exists() or not list((root / "models").glob("*/*/last.pt"))
+
+
+def test_aras_label_command(trained, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from aras_assets.cli import main
+
+    root = trained["root"]
+    shard = sorted((root / "patches").glob("*/images"))[0]
+    uri = trained["resources"]["mlflow"].resolved_tracking_uri
+    assert main(["label", str(shard), "--out", str(tmp_path / "out"), "--model", "pan/1", "--tracking-uri", uri]) == 0
+    rows = pl.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert rows.height == len(list(shard.glob("*.png"))) and set(rows["model_version"]) == {"1"}
+    assert all((tmp_path / "out" / p).exists() for p in rows["mask_path"])
+    assert main(["label", str(tmp_path / "none"), "--out", str(tmp_path / "x"), "--tracking-uri", uri]) == 1
+    assert "does not exist" in capsys.readouterr().err

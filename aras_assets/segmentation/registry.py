@@ -5,6 +5,7 @@ pytorch flavour with our checkpoint beside it, a registered version per training
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class NoModelError(LookupError):
 
 def _use(tracking_uri: str) -> None:
     import mlflow
+
+    # A local copy takes milliseconds; its progress bars would only clutter the logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
