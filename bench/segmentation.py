@@ -206,7 +206,7 @@ def eval_child(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args)
     kept: list = []
     if args.only == "ours":
-        runtime = TorchDeviceResource(device="cpu").runtime(inference=True)
+        runtime = TorchDeviceResource(device="cpu", cpu_bf16_inference=not args.fp32).runtime(inference=True)
         model = runtime.prepare(model).eval()
         forward = runtime.compiled(model)
 
@@ -315,6 +315,7 @@ def measure(args: argparse.Namespace, method: str, count: int, warmup: bool = Tr
            "--cuda-steps", str(args.cuda_steps)]
     cmd += ["--warmup"] if warmup else []
     cmd += ["--check"] if check else []
+    cmd += ["--fp32"] if args.fp32 else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
@@ -430,6 +431,7 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--cuda-steps", type=int, default=20, help="timed training steps per method on CUDA")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
+    parser.add_argument("--fp32", action="store_true", help="ours without bf16 even where the CPU has it natively")
     # Hidden: what the parent passes to a measuring child.
     parser.add_argument("--only", choices=("ours", "baseline", "train"), help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
