@@ -1,0 +1,1 @@
+"""Captions: compositions, prompts, captioners and caption evaluation."""
