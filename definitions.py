@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from aras_assets.captions.assets import ASSETS as CAPTION_ASSETS
+from aras_assets.captions.assets import JOBS as CAPTION_JOBS
 from aras_assets.resources_config import default_resources
 from aras_assets.segmentation.assets import ASSETS as SEGMENTATION_ASSETS
 from aras_assets.segmentation.assets import JOBS as SEGMENTATION_JOBS
@@ -9,7 +11,7 @@ from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
 from aras_assets.sources.assets import JOBS as SOURCE_JOBS
 
 defs = dg.Definitions(
-    assets=[*SOURCE_ASSETS, *SEGMENTATION_ASSETS],
-    jobs=[*SOURCE_JOBS, *SEGMENTATION_JOBS],
+    assets=[*SOURCE_ASSETS, *SEGMENTATION_ASSETS, *CAPTION_ASSETS],
+    jobs=[*SOURCE_JOBS, *SEGMENTATION_JOBS, *CAPTION_JOBS],
     resources=default_resources(),
 )

@@ -79,4 +79,8 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
     if settings.seg_archs:
         for tile in tqdm(summary.tiles, desc="real_patch_labels", unit="tile"):
             summary.run_ids[f"real_patch_labels[{tile}]"] = execute("labels_job", tile)
+    for tile in tqdm(summary.tiles, desc="real_captions", unit="tile"):
+        summary.run_ids[f"real_captions[{tile}]"] = execute("captions_job", tile)
+    say("caption_eval ...")
+    summary.run_ids["caption_eval"] = execute("caption_eval_job")
     return summary

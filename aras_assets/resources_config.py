@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aras_assets.settings import SettingsResource
 from resources import MlflowResource, StorageResource, TorchDeviceResource
+from resources.captioner import CaptionerResource
+from resources.clip import ClipResource
 
 
 def default_resources() -> dict[str, object]:
@@ -12,4 +14,6 @@ def default_resources() -> dict[str, object]:
         "storage": StorageResource(),
         "device": TorchDeviceResource(),
         "mlflow": MlflowResource(),
+        "captioner": CaptionerResource(),
+        "clip": ClipResource(),
     }

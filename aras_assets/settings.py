@@ -76,7 +76,17 @@ class Settings:
     seg_seed: int = 0
     seg_loader_workers: int = 0  # DataLoader worker processes; 0 reads in the training process
     label_batch_size: int = 16
-    label_model: str = "champion"  # the model labelling images: champion, <arch>, <arch>/<version> or <name>@<alias>
+    label_model: str = "champion"  # who labels images: champion, <arch>, <arch>/<version> or <arch>@<alias>
+    # Captions: modes, captions per image (the release: 5), sampling of model backends, and
+    # prompt templates replacing the release's (keys text, text_system, vision, hybrid).
+    caption_modes: tuple[str, ...] = ("text", "vision", "hybrid")
+    captions_per_image: int = 5
+    caption_seed: int = 0
+    caption_batch_size: int = 64
+    caption_temperature: float = 0.8
+    caption_top_p: float = 0.95
+    caption_max_tokens: int = 100
+    caption_prompts: dict[str, str] = field(default_factory=dict)
 
     @property
     def bbox_footprint(self) -> Footprint:
@@ -130,7 +140,7 @@ def _coerce(name: str, value: Any) -> Any:
     if isinstance(default, dict):
         if not isinstance(value, Mapping):
             raise ValueError(f"setting {name}: expected a mapping, got {value!r}")
-        kind = type(next(iter(default.values())))
+        kind = type(next(iter(default.values()))) if default else str
         return {kind(k): kind(v) for k, v in value.items()}
     if isinstance(default, bool):
         return bool(value)
@@ -185,6 +195,11 @@ def _validate(s: Settings) -> None:
     missing = sorted(set(SEG_ARCHS) - set(s.seg_encoders))
     if missing:
         raise ValueError(f"seg_encoders names no encoder for {missing}")
+    bad_modes = sorted(set(s.caption_modes) - {"text", "vision", "hybrid"})
+    if bad_modes or not s.caption_modes:
+        raise ValueError(f"caption_modes {list(s.caption_modes)} must be some of text, vision, hybrid")
+    if min(s.captions_per_image, s.caption_batch_size, s.caption_max_tokens) < 1:
+        raise ValueError("captions_per_image, caption_batch_size and caption_max_tokens must be at least 1")
     if min(s.seg_epochs, s.seg_batch_size, s.seg_eval_batch_size, s.label_batch_size) < 1:
         raise ValueError("seg_epochs and the batch sizes must be at least 1")
 

@@ -10,6 +10,8 @@ import pytest
 from aras_assets.settings import SettingsResource
 from aras_assets.sources.sample_region import write_sample_region
 from resources import MlflowResource, StorageResource, TorchDeviceResource
+from resources.captioner import CaptionerResource
+from resources.clip import ClipResource
 
 # 1024 px per S2 file: 4x4 patches per tile, enough for every filter to fire.
 TEST_TILE_PX = 1024
@@ -38,6 +40,8 @@ def make_resources(data_root: Path, tile_source: Path, **overrides: str) -> dict
         "device": TorchDeviceResource(device="cpu"),
         "mlflow": MlflowResource(tracking_uri=f"sqlite:///{data_root / 'mlflow.db'}",
                                  artifact_root=(data_root / "mlruns").as_uri()),
+        "captioner": CaptionerResource(),
+        "clip": ClipResource(),
     }
 
 

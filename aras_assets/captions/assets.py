@@ -1,0 +1,183 @@
+"""Caption assets for real patches: real_compositions and real_captions per s2_tile, and
+caption_eval over everything captioned. Thin wiring only."""
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from aras_assets.captions.captioning import CaptionError, CaptionJob, caption_partition
+from aras_assets.captions.clipscore import clip_scores
+from aras_assets.captions.composition import SHARE_COLUMNS, CompositionError, compute_composition
+from aras_assets.captions.evaluation import (
+    PAPER_REDUNDANCY,
+    PAPER_TABLE2,
+    consistency_frame,
+    redundancy_table,
+)
+from aras_assets.captions.prompts import PromptTemplateError, prompt_templates
+from aras_assets.landcover import CLASS_NAMES
+from aras_assets.partitions import s2_tile_partitions
+from aras_assets.previews import markdown_table
+from aras_assets.segmentation.data import read_mask
+from aras_assets.settings import SettingsResource
+from aras_assets.sources.assets import bad_input_as_failure, real_patches
+from resources import StorageResource
+from resources.captioner import CaptionBackendError, CaptionerResource, SamplingConfig
+from resources.clip import ClipResource, ClipWeightsError
+
+CAPTION_ERRORS = (CaptionError, CompositionError, PromptTemplateError, CaptionBackendError, ClipWeightsError)
+REAL = "real"
+
+
+def tile_manifest(storage: StorageResource, tile: str) -> pl.DataFrame:
+    path = storage.path("patches", tile, "manifest.parquet")
+    if not path.exists():
+        raise CaptionError(f"no patches for tile {tile}: materialize real_patches[{tile}] first")
+    return pl.read_parquet(path, columns=["patch_id", "image_path", "mask_path"])
+
+
+@dg.asset(group_name="captions", code_version="1", kinds={"parquet"}, partitions_def=s2_tile_partitions,
+          deps=[real_patches])
+def real_compositions(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """Class percentages and spatial layout (where each class lies, fragmentation, borders,
+    river or lake) of every real patch of a tile, from its label mask."""
+    tile = context.partition_key
+    with bad_input_as_failure(*CAPTION_ERRORS):
+        manifest = tile_manifest(storage, tile)
+        rows = []
+        for pid, mask_path in zip(manifest["patch_id"], manifest["mask_path"], strict=True):
+            comp = compute_composition(read_mask(storage.path(mask_path)))
+            rows.append({"image_id": pid, "origin": REAL, "mask_path": mask_path,
+                         **dict(zip(SHARE_COLUMNS, comp.percents, strict=True)), "layout_json": comp.to_json(),
+                         "dominant": comp.dominant.name})
+        frame = pl.DataFrame(rows, schema={"image_id": pl.String, "origin": pl.String, "mask_path": pl.String,
+                                           **{c: pl.Float64 for c in SHARE_COLUMNS}, "layout_json": pl.String,
+                                           "dominant": pl.String})
+        out = storage.writable_dir("compositions", REAL) / f"{tile}.parquet"
+        storage.write_parquet(frame, out)
+    return dg.MaterializeResult(metadata={
+        "images": frame.height, "path": dg.MetadataValue.path(str(out)),
+        "dominant_classes": dg.MetadataValue.json(dict(frame["dominant"].value_counts().iter_rows())),
+        "mean_percent": dg.MetadataValue.json({n: round(float(frame[c].mean() or 0), 2)
+                                               for n, c in zip(CLASS_NAMES, SHARE_COLUMNS, strict=True)}),
+    })
+
+
+def caption_job(settings: SettingsResource, captioner: CaptionerResource) -> CaptionJob:
+    s = settings.get()
+    sampling = SamplingConfig(n=s.captions_per_image, temperature=s.caption_temperature, top_p=s.caption_top_p,
+                              seed=s.caption_seed, max_tokens=s.caption_max_tokens)
+    return CaptionJob(tuple(s.caption_modes), prompt_templates(s.caption_prompts), captioner.backend,
+                      captioner.model_label, captioner.client(), sampling)
+
+
+@dg.asset(group_name="captions", code_version="1", kinds={"parquet"}, partitions_def=s2_tile_partitions,
+          deps=[real_compositions])
+def real_captions(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
+                  captioner: CaptionerResource) -> dg.MaterializeResult:
+    """Captions per real patch per mode (five each by default) from the configured captioner
+    (offline by default). Resumable: a re-run captions only the patches not yet done."""
+    tile = context.partition_key
+    s = settings.get()
+    with bad_input_as_failure(*CAPTION_ERRORS):
+        comp_path = storage.path("compositions", REAL, f"{tile}.parquet")
+        if not comp_path.exists():
+            raise CaptionError(f"no compositions for tile {tile}: materialize real_compositions[{tile}] first")
+        manifest = tile_manifest(storage, tile)
+        images = manifest.select(pl.col("patch_id").alias("image_id"),
+                                 (pl.lit(f"{storage.root_path}/") + pl.col("image_path")).alias("image_path")) \
+            .join(pl.read_parquet(comp_path).drop("origin", "mask_path"), on="image_id", how="left")
+        job = caption_job(settings, captioner)
+        folder = storage.writable_dir("captions", REAL, tile)
+
+        def progress(done: int, total: int) -> None:
+            context.log.info(f"{tile}: {done}/{total} images captioned")
+
+        captions, new = caption_partition(images, REAL, job, folder, s.caption_batch_size, progress)
+    context.log.info(f"{tile}: {captions.height} captions, {new} images captioned now, "
+                     f"{images.height - new} were done before")
+    sample = captions.group_by("mode", maintain_order=True).head(2).select("image_id", "mode", "text").to_dicts()
+    return dg.MaterializeResult(metadata={
+        "captions": captions.height, "images": images.height, "captioned_now": new,
+        "backend": job.backend, "model": job.model, "modes": ", ".join(job.modes),
+        "unique_captions": captions["text"].n_unique(),
+        "path": dg.MetadataValue.path(str(folder / "captions.parquet")),
+        "examples": dg.MetadataValue.md(markdown_table(sample)),
+    })
+
+
+@dg.asset(group_name="captions", code_version="1", kinds={"parquet"},
+          deps=[dg.AssetDep(real_captions, partition_mapping=dg.AllPartitionMapping())])
+def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, clip: ClipResource) -> dg.MaterializeResult:
+    """Redundancy per origin and mode (beside the paper's Table 2), caption-mask consistency per
+    mode with the contradicting captions listed, and CLIPScore when local CLIP weights are set."""
+    paths = sorted(storage.path("captions").glob("*/*/captions.parquet"))
+    if not paths:
+        raise dg.Failure(description="no captions yet: materialize real_captions first", allow_retries=False)
+    captions = pl.concat([pl.read_parquet(p) for p in paths])
+    compositions = pl.concat([pl.read_parquet(p) for p in sorted(storage.path("compositions").glob("*/*.parquet"))])
+    table = redundancy_table(captions)
+    paper = [PAPER_TABLE2.get((o, m), PAPER_REDUNDANCY["overall"] if (o, m) == ("all", "all") else None)
+             for o, m in table.select("origin", "mode").iter_rows()]
+    table = table.with_columns(pl.Series("paper_redundancy_pct", paper, dtype=pl.Float64))
+    consistency = consistency_frame(captions, compositions)
+    by_mode = consistency.group_by("origin", "mode").agg(
+        pl.len().alias("captions"), pl.col("precision").mean(), pl.col("recall").mean(),
+        pl.col("percent_error").mean().alias("mean_percent_error"),
+        (pl.col("contradictions") != "").sum().alias("contradicting")).sort("origin", "mode")
+    contradicting = consistency.filter(pl.col("contradictions") != "").join(
+        captions.select("caption_id", "text"), on="caption_id")
+    folder = storage.writable_dir("eval", "captions")
+    storage.write_parquet(table, folder / "redundancy.parquet")
+    storage.write_parquet(consistency, folder / "consistency.parquet")
+    overall = table.filter((pl.col("origin") == "all") & (pl.col("mode") == "all")).row(0, named=True)
+    metadata: dict[str, object] = {
+        "captions": captions.height,
+        "redundancy_pct": round(overall["redundancy_pct"], 3),
+        "redundancy_norm_pct": round(overall["redundancy_norm_pct"], 3),
+        "paper_redundancy_pct": PAPER_REDUNDANCY["overall"],
+        "redundancy": dg.MetadataValue.md(markdown_table(_rounded(table))),
+        "consistency": dg.MetadataValue.md(markdown_table(_rounded(by_mode))),
+        "contradicting_captions": contradicting.height,
+        "contradictions": dg.MetadataValue.md(markdown_table(contradicting.head(20).select(
+            "caption_id", "text", "contradictions").to_dicts()) if contradicting.height else "none"),
+    }
+    if not clip.configured:
+        metadata["clipscore"] = "not computed: no CLIP weights configured (set the clip resource's weights_path)"
+        context.log.info("CLIPScore skipped: no local CLIP weights configured")
+    else:
+        with bad_input_as_failure(*CAPTION_ERRORS):
+            scores = captions_clipscore(clip, captions, storage)
+        by_mode = captions.select("origin", "mode").with_columns(pl.Series("clipscore", scores)) \
+            .group_by("origin", "mode").agg(pl.col("clipscore").mean()).sort("origin", "mode")
+        metadata["clipscore_by_mode"] = dg.MetadataValue.md(markdown_table(_rounded(by_mode)))
+        metadata["clipscore"] = round(float(np.mean(scores)), 3)
+        metadata["clip_model"] = clip.model_name
+        metadata["paper_clipscore"] = 29.66
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def captions_clipscore(clip: ClipResource, captions: pl.DataFrame, storage: StorageResource) -> np.ndarray:
+    """CLIPScore of every caption against its image, each image encoded once."""
+    manifests = sorted(storage.path("patches").glob("*/manifest.parquet"))
+    paths = dict(pl.concat([pl.read_parquet(p, columns=["patch_id", "image_path"]) for p in manifests]).iter_rows())
+    image_ids = captions["image_id"].unique(maintain_order=True).to_list()
+    lost = [i for i in image_ids if i not in paths]
+    if lost:
+        raise CaptionError(f"{len(lost)} captioned images have no image file on record (e.g. {lost[0]})")
+    position = {image_id: k for k, image_id in enumerate(image_ids)}
+    return clip_scores(clip.load(), [storage.path(paths[i]) for i in image_ids], captions["text"].to_list(),
+                       [position[i] for i in captions["image_id"]], batch_size=clip.batch_size)
+
+
+def _rounded(frame: pl.DataFrame) -> list[dict]:
+    return [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in frame.to_dicts()]
+
+
+ASSETS = [real_compositions, real_captions, caption_eval]
+captions_job = dg.define_asset_job("captions_job", selection=[real_compositions, real_captions],
+                                   partitions_def=s2_tile_partitions,
+                                   description="Compositions and captions of one tile's real patches.")
+caption_eval_job = dg.define_asset_job("caption_eval_job", selection=[caption_eval],
+                                       description="Redundancy, consistency and CLIPScore of all captions.")
+JOBS = [captions_job, caption_eval_job]

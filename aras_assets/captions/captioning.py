@@ -1,0 +1,117 @@
+"""Captioning a partition of images: n captions per image per mode from the offline captioner
+or a model backend, written batch by batch so a crash loses at most one batch and a re-run
+captions only the images not yet done."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from aras_assets.captions.composition import SHARE_COLUMNS, Composition
+from aras_assets.captions.offline import offline_captions
+from aras_assets.captions.prompts import PromptTemplate
+from resources.captioner import ChatRequest, SamplingConfig
+from resources.storage import write_parquet_atomic
+
+CAPTION_SCHEMA = {
+    "caption_id": pl.String, "image_id": pl.String, "origin": pl.String, "mode": pl.String,
+    "caption_index": pl.Int32, "backend": pl.String, "model": pl.String, "prompt_hash": pl.String,
+    "seed": pl.Int64, "text": pl.String,
+}
+PARTS = "parts"
+
+
+class CaptionError(ValueError):
+    """Images that cannot be captioned (no composition) or captions that cannot be used."""
+
+
+@dataclass(frozen=True)
+class CaptionJob:
+    """What to caption with: modes and their templates, backend, sampling."""
+
+    modes: tuple[str, ...]
+    templates: dict[str, PromptTemplate]
+    backend: str  # "offline", "openai" or "vllm"
+    model: str
+    client: Any  # None for offline; else has caption(requests, sampling, seeds) -> list[list[str]]
+    sampling: SamplingConfig
+
+
+def caption_seed(base: int, image_id: str, mode: str) -> int:
+    """Per image and mode, independent of batch boundaries and of which images were done before."""
+    digest = hashlib.blake2b(f"{base}:{image_id}:{mode}".encode(), digest_size=7).digest()
+    return int.from_bytes(digest, "big")
+
+
+def caption_id(image_id: str, mode: str, index: int) -> str:
+    return f"{image_id}_{mode}_{index}"
+
+
+def caption_batch(images: pl.DataFrame, origin: str, job: CaptionJob) -> pl.DataFrame:
+    """Captions of one batch: rows image_id, image_path, pct_*, layout_json in; caption rows out."""
+    rows = []
+    n = job.sampling.n
+    for mode in job.modes:
+        template = job.templates[mode]
+        seeds = [caption_seed(job.sampling.seed, i, mode) for i in images["image_id"]]
+        if job.client is None:
+            texts = [offline_captions(Composition.from_row(tuple(r[c] for c in SHARE_COLUMNS), r["layout_json"]), mode, s, n)
+                     for r, s in zip(images.iter_rows(named=True), seeds, strict=True)]
+        else:
+            requests = [ChatRequest(template.render([r[c] for c in SHARE_COLUMNS]), template.system,
+                                    Path(r["image_path"]).read_bytes() if template.uses_image else None)
+                        for r in images.iter_rows(named=True)]
+            texts = job.client.caption(requests, job.sampling, seeds)
+        for image_id, seed, captions in zip(images["image_id"], seeds, texts, strict=True):
+            if len(captions) != n or any(not t.strip() for t in captions):
+                raise CaptionError(f"{image_id} ({mode}): expected {n} non-empty captions, got {len(captions)}")
+            rows += [{"caption_id": caption_id(image_id, mode, k), "image_id": image_id, "origin": origin, "mode": mode,
+                      "caption_index": k, "backend": job.backend, "model": job.model, "prompt_hash": template.hash,
+                      "seed": seed, "text": text.strip()} for k, text in enumerate(captions)]
+    return pl.DataFrame(rows, schema=CAPTION_SCHEMA)
+
+
+def done_images(folder: Path) -> set[str]:
+    parts = sorted((folder / PARTS).glob("*.parquet"))
+    if not parts:
+        return set()
+    return set(pl.scan_parquet(parts).select("image_id").unique().collect()["image_id"].to_list())
+
+
+def caption_partition(images: pl.DataFrame, origin: str, job: CaptionJob, folder: Path, batch_size: int = 64,
+                      progress: Callable[[int, int], None] | None = None) -> tuple[pl.DataFrame, int]:
+    """Caption the images not yet in `folder/parts`, one atomically written part per batch, then
+    write `folder/captions.parquet` with every caption of the partition in image order.
+    Returns the captions and how many images were captioned now (the rest were done before)."""
+    missing = images.filter(pl.col(SHARE_COLUMNS[0]).is_null())["image_id"].to_list()
+    if missing:
+        raise CaptionError(f"{len(missing)} images have no composition (e.g. {missing[0]}); materialize the compositions first")
+    done = done_images(folder)
+    todo = images.filter(~pl.col("image_id").is_in(sorted(done)))
+    for begin in range(0, todo.height, batch_size):
+        batch = todo.slice(begin, batch_size)
+        rows = caption_batch(batch, origin, job)
+        write_parquet_atomic(rows, folder / PARTS / f"part-{uuid.uuid4().hex}.parquet")
+        if progress is not None:
+            progress(len(done) + begin + batch.height, images.height)
+    captions = combine_parts(folder, images["image_id"])
+    write_parquet_atomic(captions, folder / "captions.parquet")
+    return captions, todo.height
+
+
+def combine_parts(folder: Path, order: Sequence[str] | pl.Series) -> pl.DataFrame:
+    parts = sorted((folder / PARTS).glob("*.parquet"))
+    if not parts:
+        return pl.DataFrame(schema=CAPTION_SCHEMA)
+    rank = pl.DataFrame({"image_id": list(order), "rank": range(len(order))})
+    frame = pl.scan_parquet(parts).unique("caption_id", keep="first").collect()
+    modes = {m: k for k, m in enumerate(("text", "vision", "hybrid"))}
+    return (frame.join(rank, on="image_id", how="inner")
+            .with_columns(pl.col("mode").replace_strict(modes, default=9).alias("mode_rank"))
+            .sort("rank", "mode_rank", "caption_index").drop("rank", "mode_rank"))

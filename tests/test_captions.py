@@ -1,0 +1,195 @@
+"""Captions: compositions and layout on hand-made masks, the release's prompts, the offline
+captioner, resumable captioning, redundancy and consistency, and the caption assets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from aras_assets.captions.captioning import CaptionError, CaptionJob, caption_partition
+from aras_assets.captions.composition import SHARE_COLUMNS, CompositionError, compute_composition
+from aras_assets.captions.evaluation import consistency, mentions, redundancy, redundancy_table
+from aras_assets.captions.offline import offline_captions
+from aras_assets.captions.prompts import RELEASE_PROMPTS, PromptTemplateError, class_info, prompt_templates
+from resources.captioner import CaptionBackendError, SamplingConfig
+
+TREE, SHRUB, GRASS, CROP, BUILT, BARREN, WATER = range(7)
+
+
+def test_release_prompts_byte_identical() -> None:
+    percents = [45.123, 0.0, 30.0, 0.0, 0.0, 14.877, 10.0]
+    assert class_info(percents) == "Tree (45.12%), Grass (30.00%), Barren (14.88%), Water (10.00%)"
+    t = prompt_templates()
+    assert t["vision"].render(percents) == ("Describe this remote sensing image in 1 or 2 concise sentences, focusing on "
+                                            "land use and key geographical features.")
+    assert t["hybrid"].render(percents) == (
+        "This remote sensing image contains the following land cover distribution: Tree (45.12%), Grass (30.00%), "
+        "Barren (14.88%), Water (10.00%). Based on this information, describe the scene in 1 or 2 concise sentences "
+        "focusing on spatial layout and dominant land use types.")
+    assert t["text"].system == "You are a remote sensing expert."
+    assert t["text"].render(percents) == ("An image shows: Tree (45.12%), Grass (30.00%), Barren (14.88%), Water (10.00%). "
+                                          "Describe the scene in 1 or 2 concise sentences focusing on dominant land use.")
+    assert t["vision"].uses_image and t["hybrid"].uses_image and not t["text"].uses_image
+    assert t["text"].hash == RELEASE_PROMPTS["text"].hash != t["hybrid"].hash
+
+
+def test_prompt_template_with_unknown_placeholder() -> None:
+    with pytest.raises(PromptTemplateError, match=r"unknown placeholder\(s\) \['landuse'\]"):
+        prompt_templates({"hybrid": "Shares: {class_info}; uses {landuse}"})
+    with pytest.raises(PromptTemplateError, match="caption_prompts names"):
+        prompt_templates({"captions": "x"})
+    assert prompt_templates({"vision": "Say what you see."})["vision"].render([100, 0, 0, 0, 0, 0, 0]) == "Say what you see."
+
+
+def test_composition_known_answers() -> None:
+    mask = np.full((90, 90), CROP, dtype=np.uint8)
+    mask[:, :30] = TREE  # a west third of forest
+    mask[40:44, :] = WATER  # a thin band across the scene: a river
+    mask[70:80, 70:80] = BUILT
+    c = compute_composition(mask, min_component_px=16)
+    expected = np.bincount(mask.ravel(), minlength=7) / mask.size * 100
+    np.testing.assert_allclose(c.percents, expected)
+    assert c.dominant.name == "crop"
+    assert c.layout_of("tree").region in ("west", "north-west", "south-west")
+    assert c.layout_of("tree").components == 2  # the river cuts the forest in two
+    assert c.layout_of("built-up").region == "south-east"
+    assert c.layout_of("water").form == "river"
+    lake = np.full((64, 64), GRASS, dtype=np.uint8)
+    lake[20:40, 20:44] = WATER
+    assert compute_composition(lake).layout_of("water").form == "lake"
+    assert compute_composition(lake).layout_of("water").region == "centre"
+    assert {c.borders[0][0], c.borders[0][1]} <= {"tree", "crop", "water", "built-up"}
+    with pytest.raises(CompositionError, match="class 9"):
+        compute_composition(np.full((4, 4), 9, dtype=np.uint8))
+    with pytest.raises(CompositionError, match="non-empty"):
+        compute_composition(np.zeros((0, 0), dtype=np.uint8))
+
+
+def test_offline_captions_are_distinct_deterministic_and_true() -> None:
+    mask = np.full((64, 64), BARREN, dtype=np.uint8)
+    mask[:, 40:] = SHRUB
+    mask[:10, :10] = WATER
+    c = compute_composition(mask)
+    for mode in ("text", "vision", "hybrid"):
+        captions = offline_captions(c, mode, seed=3)
+        assert len(captions) == len(set(captions)) == 5
+        assert captions == offline_captions(c, mode, seed=3) != offline_captions(c, mode, seed=4)
+        for text in captions:
+            result = consistency(text, c.percents)
+            assert result.precision == 1.0 and not result.contradictions, (text, result)
+            assert "crop" not in text and "forest" not in text
+
+
+def test_mentions_and_consistency_catch_contradictions() -> None:
+    named, stated = mentions("Cropland (45.5%) with a river and some forest covering 20%.")
+    assert named == ["crop", "water", "tree"] and stated == [("crop", 45.5), ("tree", 20.0)]
+    percents = [20.0, 0, 0, 50.0, 0, 0, 30.0]
+    bad = consistency("A town beside cropland (45.5%).", percents)
+    assert bad.precision == 0.5 and any("built-up" in p for p in bad.contradictions)
+    assert bad.recall == pytest.approx(1 / 3) and bad.percent_error == pytest.approx(4.5)
+    wrong = consistency("Cropland at 80%.", percents)
+    assert wrong.contradictions == ("says crop 80% (mask 50.00%)",)
+
+
+def test_redundancy_known_answers() -> None:
+    assert redundancy(["a", "b", "a", "a"]) == pytest.approx(0.5)
+    assert redundancy([]) == 0.0
+    frame = pl.DataFrame({"origin": ["real"] * 4, "mode": ["text", "text", "vision", "vision"],
+                          "text": ["A field.", "a field", "Water.", "Trees."]})
+    table = redundancy_table(frame)
+    text = table.filter(pl.col("mode") == "text").row(0, named=True)
+    assert text["redundancy_pct"] == 0.0 and text["redundancy_norm_pct"] == 50.0
+    overall = table.filter(pl.col("origin") == "all").row(0, named=True)
+    assert overall["captions"] == 4 and overall["redundancy_norm_pct"] == 25.0
+
+
+def composition_rows(count: int) -> pl.DataFrame:
+    rows = []
+    for i in range(count):
+        mask = np.full((32, 32), i % 7, dtype=np.uint8)
+        mask[:8] = (i + 3) % 7
+        c = compute_composition(mask)
+        rows.append({"image_id": f"img_{i:02d}", "image_path": "unused.png",
+                     **dict(zip(SHARE_COLUMNS, c.percents, strict=True)), "layout_json": c.to_json()})
+    return pl.DataFrame(rows)
+
+
+class FlakyClient:
+    """A model backend that answers `n` captions per request until it is told to fail."""
+
+    def __init__(self, fail_after_calls: int | None = None) -> None:
+        self.calls = 0
+        self.fail_after_calls = fail_after_calls
+
+    def caption(self, requests, sampling, seeds):
+        self.calls += 1
+        if self.fail_after_calls is not None and self.calls > self.fail_after_calls:
+            raise CaptionBackendError("endpoint http://127.0.0.1:9/v1 is down: connection refused")
+        return [[f"{r.user[:20]} #{s} v{k}" for k in range(sampling.n)] for r, s in zip(requests, seeds, strict=True)]
+
+
+def job(client) -> CaptionJob:
+    return CaptionJob(("text",), prompt_templates(), "openai", "test-model", client, SamplingConfig(n=5, seed=1))
+
+
+def test_crash_and_resume_without_duplicates(tmp_path: Path) -> None:
+    images = composition_rows(10)
+    flaky = FlakyClient(fail_after_calls=2)
+    with pytest.raises(CaptionBackendError, match="down"):
+        caption_partition(images, "real", job(flaky), tmp_path, batch_size=3)
+    assert len(list((tmp_path / "parts").glob("*.parquet"))) == 2  # two finished batches kept
+    healthy = FlakyClient()
+    captions, new = caption_partition(images, "real", job(healthy), tmp_path, batch_size=3)
+    assert new == 4 and healthy.calls == 2  # only the 4 images not done
+    assert captions.height == 50 and captions["caption_id"].n_unique() == 50
+    assert captions["image_id"].unique(maintain_order=True).to_list() == images["image_id"].to_list()
+    assert set(captions["prompt_hash"]) == {prompt_templates()["text"].hash} and set(captions["model"]) == {"test-model"}
+    again, new = caption_partition(images, "real", job(FlakyClient(fail_after_calls=0)), tmp_path, batch_size=3)
+    assert new == 0 and again.equals(captions)  # nothing left to do, the backend is not called
+
+
+def test_captions_need_compositions_and_full_answers(tmp_path: Path) -> None:
+    images = composition_rows(2).with_columns(pl.when(pl.col("image_id") == "img_01").then(None)
+                                              .otherwise(pl.col(SHARE_COLUMNS[0])).alias(SHARE_COLUMNS[0]))
+    with pytest.raises(CaptionError, match="img_01"):
+        caption_partition(images, "real", job(FlakyClient()), tmp_path)
+
+    class Short(FlakyClient):
+        def caption(self, requests, sampling, seeds):
+            return [["only one"] for _ in requests]
+
+    with pytest.raises(CaptionError, match="expected 5 non-empty captions, got 1"):
+        caption_partition(composition_rows(2), "real", job(Short()), tmp_path / "short")
+
+
+def test_caption_assets_on_the_sample_region(resources, instance, data_root) -> None:
+    from aras_assets.captions.assets import ASSETS as CAPTION_ASSETS
+    from aras_assets.captions.assets import caption_eval, real_captions, real_compositions
+    from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
+    from aras_assets.sources.assets import real_patches, tile_catalog
+
+    def run(selection, key=None):
+        return dg.materialize([*SOURCE_ASSETS, *CAPTION_ASSETS], selection=selection, resources=resources,
+                              instance=instance, partition_key=key)
+
+    run([tile_catalog])
+    tiles = sorted(instance.get_dynamic_partitions("s2_tile"))
+    for tile in tiles:
+        run([real_patches], tile)
+        run([real_compositions, real_captions], tile)
+    result = run([caption_eval])
+    meta = {k: v.value for k, v in result.asset_materializations_for_node("caption_eval")[0].metadata.items()}
+    captions = pl.concat([pl.read_parquet(data_root / "captions" / "real" / t / "captions.parquet") for t in tiles])
+    patches = pl.concat([pl.read_parquet(data_root / "patches" / t / "manifest.parquet") for t in tiles])
+    assert captions.height == patches.height * 3 * 5 == meta["captions"]
+    assert captions.group_by("image_id", "mode").len()["len"].unique().to_list() == [5]
+    assert set(captions["backend"]) == {"offline"} and captions["caption_id"].n_unique() == captions.height
+    assert meta["redundancy_pct"] < 5.0
+    assert meta["contradicting_captions"] == 0
+    assert "no CLIP weights configured" in meta["clipscore"]
+    consistency_rows = pl.read_parquet(data_root / "eval" / "captions" / "consistency.parquet")
+    assert consistency_rows["precision"].min() == 1.0
