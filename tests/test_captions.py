@@ -16,6 +16,8 @@ from aras_assets.captions.evaluation import consistency, mentions, redundancy, r
 from aras_assets.captions.offline import offline_captions
 from aras_assets.captions.prompts import RELEASE_PROMPTS, PromptTemplateError, class_info, prompt_templates
 from resources.captioner import CaptionBackendError, SamplingConfig
+from resources.clip import ClipResource
+from tests.test_clipscore import TINY, tiny_weights  # noqa: F401 (a fixture)
 
 TREE, SHRUB, GRASS, CROP, BUILT, BARREN, WATER = range(7)
 
@@ -166,7 +168,7 @@ def test_captions_need_compositions_and_full_answers(tmp_path: Path) -> None:
         caption_partition(composition_rows(2), "real", job(Short()), tmp_path / "short")
 
 
-def test_caption_assets_on_the_sample_region(resources, instance, data_root) -> None:
+def test_caption_assets_on_the_sample_region(resources, instance, data_root, tiny_weights) -> None:  # noqa: F811
     from aras_assets.captions.assets import ASSETS as CAPTION_ASSETS
     from aras_assets.captions.assets import caption_eval, real_captions, real_compositions
     from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
@@ -193,3 +195,16 @@ def test_caption_assets_on_the_sample_region(resources, instance, data_root) -> 
     assert "no CLIP weights configured" in meta["clipscore"]
     consistency_rows = pl.read_parquet(data_root / "eval" / "captions" / "consistency.parquet")
     assert consistency_rows["precision"].min() == 1.0
+
+    # With local CLIP weights configured, the same asset reports CLIPScore per mode and overall.
+    from aras_assets.captions.clipscore import clip_scores
+
+    clip = ClipResource(model_name=TINY, weights_path=str(tiny_weights))
+    result = dg.materialize([*SOURCE_ASSETS, *CAPTION_ASSETS], selection=[caption_eval],
+                            resources={**resources, "clip": clip}, instance=instance)
+    meta = {k: v.value for k, v in result.asset_materializations_for_node("caption_eval")[0].metadata.items()}
+    first = captions.filter(pl.col("image_id") == patches["patch_id"][0])
+    direct = clip_scores(clip.load(), [data_root / patches["image_path"][0]] * first.height, first["text"].to_list())
+    assert 0 <= meta["clipscore"] <= 100 and meta["clip_model"] == TINY
+    assert "| real | hybrid |" in meta["clipscore_by_mode"]
+    assert direct.shape == (15,) and np.all((direct >= 0) & (direct <= 100))
