@@ -44,6 +44,13 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
         print(f"  labels:      {root / 'labels' / 'real_patch_labels'}/<tile>/{{masks,manifest.parquet}}")
         if tables.exists():
             print("\n" + tables.read_text())
+    redundancy = root / "eval" / "captions" / "redundancy.parquet"
+    if redundancy.exists():
+        import polars as pl
+
+        print(f"  captions:    {root / 'captions'}/<origin>/<tile>/captions.parquet")
+        table = pl.read_parquet(redundancy).select("origin", "mode", "captions", "redundancy_pct")
+        print(f"  caption redundancy (%):\n{table.with_columns(pl.col('redundancy_pct').round(2))}")
     print(f"  Dagster UI:  aras ui   (or: DAGSTER_HOME={summary.dagster_home} dagster dev)")
     print(f"  MLflow UI:   {MlflowResource().ui_command()}")
     return 0

@@ -59,7 +59,9 @@ def test_aras_demo_end_to_end(cli_env, tmp_path):
     assert table.height == manifests.height > 40
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         for key in ("tile_catalog", "real_patches", "splits", "segmentation_model", "segmentation_eval",
-                    "real_patch_labels"):
+                    "real_patch_labels", "real_compositions", "real_captions", "caption_eval"):
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None
     labelled = pl.concat([pl.read_parquet(p) for p in (data / "labels" / "real_patch_labels").glob("*/manifest.parquet")])
     assert labelled.height == manifests.height
+    captions = pl.concat([pl.read_parquet(p) for p in (data / "captions" / "real").glob("*/captions.parquet")])
+    assert captions.height == manifests.height * 15 and (data / "eval" / "captions" / "redundancy.parquet").exists()
