@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/patches.py
 	$(BIN)/python bench/segmentation.py
+	$(BIN)/python bench/captions.py
 
 ui: $(STAMP)
 	$(BIN)/aras ui

@@ -35,10 +35,6 @@ MAJOR_MIN = 10.0  # percent: classes a caption should mention for full recall
 PERCENT_TOLERANCE = 5.0  # percentage points before a stated share contradicts the mask
 
 
-def normalize(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[^\w%\s-]", "", text.lower())).strip()
-
-
 def redundancy(captions: pl.Series | Sequence[str]) -> float:
     """1 - unique / total over exact strings."""
     series = captions if isinstance(captions, pl.Series) else pl.Series(list(captions), dtype=pl.String)
@@ -48,8 +44,11 @@ def redundancy(captions: pl.Series | Sequence[str]) -> float:
 def redundancy_table(frame: pl.DataFrame) -> pl.DataFrame:
     """Per origin and mode, then per origin, then overall: captions, unique, redundancy and its
     normalized variant (case, punctuation and spacing ignored), in percent."""
-    norm = pl.col("text").str.to_lowercase().str.replace_all(r"[^\w%\s-]", "").str.replace_all(r"\s+", " ").str.strip_chars()
-    aggs = [pl.len().alias("captions"), pl.col("text").n_unique().alias("unique"), norm.n_unique().alias("unique_norm")]
+    # Normalize once (not per level), and only rewrite whitespace that is not already one space.
+    norm = (pl.col("text").str.to_lowercase().str.replace_all(r"[^\w%\s-]", "")
+            .str.replace_all(r"[^\S ]|\s{2,}", " ").str.strip_chars())
+    frame = frame.select("origin", "mode", "text", norm.alias("norm"))
+    aggs = [pl.len().alias("captions"), pl.col("text").n_unique().alias("unique"), pl.col("norm").n_unique().alias("unique_norm")]
     parts = [frame.group_by("origin", "mode").agg(aggs),
              frame.group_by("origin").agg(aggs).with_columns(pl.lit("all").alias("mode")),
              frame.select(aggs).with_columns(pl.lit("all").alias("origin"), pl.lit("all").alias("mode"))]

@@ -46,10 +46,10 @@ def amount(percent: float, rng: random.Random) -> str:
         options = ("more than half of", "over half of", "the greater part of")
     elif percent >= 40:
         options = ("nearly half of", "a large share of", "close to half of")
+    elif 28 <= percent <= 38:
+        options = ("about a third of", "a sizeable part of", "roughly a third of")
     elif percent >= 25:
-        options = ("about a third of", "a sizeable part of", "a good part of") if percent < 40 else ("a large share of",)
-        if not 28 <= percent <= 38:
-            options = ("a sizeable part of", "a good part of", "a substantial part of")
+        options = ("a sizeable part of", "a good part of", "a substantial part of")
     elif percent >= 10:
         options = ("a smaller part of", "some of", "a modest part of")
     else:
@@ -60,7 +60,9 @@ def amount(percent: float, rng: random.Random) -> str:
 def where(layout: ClassLayout, rng: random.Random) -> str:
     if layout.region == "throughout":
         return rng.choice(("throughout the scene", "all over the image", "spread across the area"))
-    return rng.choice(REGION_WORDS).format(r=layout.region if layout.region != "centre" else "centre")
+    if layout.region == "centre":
+        return rng.choice(("in the centre", "at the centre of the scene", "in the middle"))
+    return rng.choice(REGION_WORDS).format(r=layout.region)
 
 
 def numeric(layout: ClassLayout, rng: random.Random) -> str:
