@@ -20,20 +20,13 @@ from aras_assets.partitions import s2_tile_partitions
 from aras_assets.previews import markdown_table
 from aras_assets.segmentation.data import read_mask
 from aras_assets.settings import SettingsResource
-from aras_assets.sources.assets import bad_input_as_failure, real_patches
+from aras_assets.sources.assets import bad_input_as_failure, read_tile_manifest, real_patches
 from resources import StorageResource
 from resources.captioner import CaptionBackendError, CaptionerResource, SamplingConfig
 from resources.clip import ClipResource, ClipWeightsError
 
 CAPTION_ERRORS = (CaptionError, CompositionError, PromptTemplateError, CaptionBackendError, ClipWeightsError)
 REAL = "real"
-
-
-def tile_manifest(storage: StorageResource, tile: str) -> pl.DataFrame:
-    path = storage.path("patches", tile, "manifest.parquet")
-    if not path.exists():
-        raise CaptionError(f"no patches for tile {tile}: materialize real_patches[{tile}] first")
-    return pl.read_parquet(path, columns=["patch_id", "image_path", "mask_path"])
 
 
 @dg.asset(group_name="captions", code_version="1", kinds={"parquet"}, partitions_def=s2_tile_partitions,
@@ -43,7 +36,7 @@ def real_compositions(context: dg.AssetExecutionContext, storage: StorageResourc
     river or lake) of every real patch of a tile, from its label mask."""
     tile = context.partition_key
     with bad_input_as_failure(*CAPTION_ERRORS):
-        manifest = tile_manifest(storage, tile)
+        manifest = read_tile_manifest(storage, tile, ["patch_id", "image_path", "mask_path"])
         rows = []
         for pid, mask_path in zip(manifest["patch_id"], manifest["mask_path"], strict=True):
             comp = compute_composition(read_mask(storage.path(mask_path)))
@@ -83,7 +76,7 @@ def real_captions(context: dg.AssetExecutionContext, settings: SettingsResource,
         comp_path = storage.path("compositions", REAL, f"{tile}.parquet")
         if not comp_path.exists():
             raise CaptionError(f"no compositions for tile {tile}: materialize real_compositions[{tile}] first")
-        manifest = tile_manifest(storage, tile)
+        manifest = read_tile_manifest(storage, tile, ["patch_id", "image_path"])
         images = manifest.select(pl.col("patch_id").alias("image_id"),
                                  (pl.lit(f"{storage.root_path}/") + pl.col("image_path")).alias("image_path")) \
             .join(pl.read_parquet(comp_path).drop("origin", "mask_path"), on="image_id", how="left")

@@ -37,7 +37,7 @@ from aras_assets.segmentation.registry import (
 from aras_assets.segmentation.report import confusion_png, prediction_grid, table3_markdown, table4_markdown
 from aras_assets.segmentation.training import TrainConfig, evaluate, plan_resume, predict, train
 from aras_assets.settings import Settings, SettingsResource
-from aras_assets.sources.assets import SPLITS_PATH, bad_input_as_failure, real_patches, splits
+from aras_assets.sources.assets import SPLITS_PATH, bad_input_as_failure, read_tile_manifest, real_patches, splits
 from aras_assets.sources.splits import splits_version
 from resources import MlflowResource, StorageResource, TorchDeviceResource
 from resources.device import TorchRuntime
@@ -288,10 +288,7 @@ def labeler_asset(name: str, images_for: ImagesFor, partitions_def: dg.Partition
 
 
 def real_patch_images(storage: StorageResource, tile: str) -> pl.DataFrame:
-    path = storage.path("patches", tile, "manifest.parquet")
-    if not path.exists():
-        raise ShardError(f"no patches for tile {tile}: materialize real_patches[{tile}] first")
-    frame = pl.read_parquet(path, columns=["patch_id", "image_path"])
+    frame = read_tile_manifest(storage, tile, ["patch_id", "image_path"])
     return frame.select(pl.col("patch_id").alias("image_id"),
                         (pl.lit(f"{storage.root_path}/") + pl.col("image_path")).alias("image_path"))
 

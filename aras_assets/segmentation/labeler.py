@@ -4,7 +4,7 @@ palette and manifest rows naming the model version that drew them, batch by batc
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,14 +130,3 @@ def label_images(labeler: Labeler, images: pl.DataFrame, out_dir: Path, rel_dir:
                 progress(batch.stop, len(ids))
     rows.sort(key=lambda r: r.pop("order"))
     return pl.DataFrame(rows, schema=LABEL_SCHEMA)
-
-
-def relative_to(paths: Sequence[str], root: Path) -> list[str]:
-    """Paths under the data root written relative to it (so the data root can move)."""
-    out = []
-    for p in paths:
-        try:
-            out.append(str(Path(p).resolve().relative_to(root.resolve())))
-        except ValueError:
-            out.append(p)
-    return out

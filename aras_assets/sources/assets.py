@@ -121,6 +121,14 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
+def read_tile_manifest(storage: StorageResource, tile: str, columns: list[str]) -> pl.DataFrame:
+    """Columns of one tile's patch manifest; a clear error when the tile has no patches yet."""
+    path = storage.path("patches", tile, "manifest.parquet")
+    if not path.exists():
+        raise ValueError(f"no patches for tile {tile}: materialize real_patches[{tile}] first")
+    return pl.read_parquet(path, columns=columns)
+
+
 def read_manifests(storage: StorageResource, tiles: list[str]) -> tuple[pl.DataFrame, list[str]]:
     """The manifests of the given tiles that exist, and the tiles that have none yet."""
     have = [t for t in tiles if storage.path("patches", t, "manifest.parquet").exists()]
