@@ -28,25 +28,21 @@ import math
 import multiprocessing
 import os
 import resource
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import rasterio
-from rasterio.windows import Window, from_bounds
+from common import even_picks, log, peak_rss_kib, region_crops  # bench/common.py, beside this script
 
 from aras_assets.captions.captioning import caption_seed
 from aras_assets.captions.composition import Composition, compute_composition
 from aras_assets.captions.evaluation import PAPER_REDUNDANCY, PAPER_TABLE2, redundancy, redundancy_table
 from aras_assets.captions.offline import offline_captions
-from aras_assets.grid import s2_filename, wc_filename
 from aras_assets.ids import PATCH_SIZE
-from aras_assets.landcover import NODATA_INDEX, label_lut
 from aras_assets.sources.patches import encode_png, to_8bit
-from aras_assets.sources.sample_region import SAMPLE_TILES, wc_offset, write_sample_region
+from aras_assets.sources.sample_region import write_sample_region
 
 DEFAULT_WORK_DIR = Path(__file__).resolve().parent / "out" / "captions"  # git-ignored
 TILE_PX = 1024
@@ -63,19 +59,8 @@ TINY_CLIP_CONFIG = {"embed_dim": 32,
                     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}
 
 
-def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def peak_rss_kib() -> int:
-    """This process's peak resident memory in KiB (VmHWM: ru_maxrss survives fork+exec on Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
 
 
 # --- inputs: masks and images cut from the sample region -------------------------------------
@@ -84,26 +69,9 @@ def peak_rss_kib() -> int:
 def cut_crops(region: Path, count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """`count` (crop id, (3, H, W) uint16 RGB, (H, W) uint8 class mask) crops without nodata, picked evenly
     from a CROP_STRIDE grid over every sample tile."""
-    lut = label_lut()
-    crops: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for recipe in SAMPLE_TILES:
-        wc_tile = wc_offset(recipe.tile)[0]
-        with rasterio.open(region / s2_filename(recipe.tile)) as s2, rasterio.open(region / wc_filename(wc_tile)) as wc:
-            rgb = s2.read((1, 2, 3))
-            win = from_bounds(*s2.bounds, transform=wc.transform)
-            labels = wc.read(1, window=Window(round(win.col_off), round(win.row_off), s2.width, s2.height))
-        classes = lut[labels]
-        for y in range(0, s2.height - PATCH_SIZE + 1, CROP_STRIDE):
-            for x in range(0, s2.width - PATCH_SIZE + 1, CROP_STRIDE):
-                crop = classes[y:y + PATCH_SIZE, x:x + PATCH_SIZE]
-                if not (crop == NODATA_INDEX).any():
-                    crops.append((f"{recipe.tile}_y{y:04d}_x{x:04d}", rgb[:, y:y + PATCH_SIZE, x:x + PATCH_SIZE],
-                                  np.ascontiguousarray(crop)))
-    if count > len(crops):
-        raise SystemExit(f"the sample region gives {len(crops)} distinct crops, fewer than the {count} asked for; "
-                         "lower --images or --masks")
-    picks = np.linspace(0, len(crops) - 1, count).round().astype(int)
-    return [crops[k] for k in picks]
+    crops = region_crops(region, CROP_STRIDE)
+    return [(f"{tile}_y{y:04d}_x{x:04d}", rgb, classes) for tile, y, x, rgb, classes in
+            (crops[k] for k in even_picks(len(crops), count, "lower --images or --masks"))]
 
 
 # --- 1. the offline captioner on one core -----------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from common import peak_rss_kib  # bench/common.py, beside this script
 from PIL import Image
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
@@ -118,18 +118,6 @@ def run_baseline(tile: Tile, out_dir: Path) -> tuple[list[str], dict[str, str]]:
 # --- child: one measurement in a fresh process ---------------------------------------------
 
 
-def peak_rss_kib() -> int:
-    """This process's peak resident memory in KiB.
-
-    VmHWM first: on Linux ru_maxrss survives fork+exec, so a child started by a parent that
-    once held the sample region's arrays would report the parent's peak, not its own."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
 
 
 def child(args: argparse.Namespace) -> None:

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -40,19 +39,17 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import rasterio
 import torch
-from rasterio.windows import Window, from_bounds
+from common import even_picks, log, peak_rss_kib, region_crops  # bench/common.py, beside this script
 
-from aras_assets.grid import s2_filename, wc_filename
 from aras_assets.ids import PATCH_SIZE
-from aras_assets.landcover import NODATA_INDEX, label_lut, mask_to_rgb
+from aras_assets.landcover import mask_to_rgb
 from aras_assets.segmentation.data import PatchDataset, make_loader
 from aras_assets.segmentation.metrics import ConfusionMatrix, scores_from_confusion
 from aras_assets.segmentation.models import ModelSpec, build_model
 from aras_assets.segmentation.training import evaluate, make_loss, train_epoch
 from aras_assets.sources.patches import encode_png, to_8bit
-from aras_assets.sources.sample_region import SAMPLE_TILES, wc_offset, write_sample_region
+from aras_assets.sources.sample_region import write_sample_region
 from resources.device import TorchDeviceResource, TorchRuntime, cpu_has_native_bf16
 
 RESULT_MARK = "BENCH_RESULT "
@@ -62,19 +59,8 @@ WARMUP_IMAGES = 16
 SCORE_KEYS = ("f1", "iou", "precision", "recall", "accuracy")
 
 
-def log(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def peak_rss_kib() -> int:
-    """This process's peak resident memory in KiB (VmHWM: ru_maxrss survives fork+exec on Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
 
 
 # --- inputs: test images cut from the sample region ------------------------------------------
@@ -85,24 +71,8 @@ def write_test_images(region: Path, out: Path, count: int) -> None:
 
     Crops on a 32-pixel grid of every sample tile, those with nodata labels left out, picked
     evenly; the even picks come first, so the first count/2 records are an even spread too."""
-    lut = label_lut()
-    crops: list[tuple[str, int, int, np.ndarray, np.ndarray]] = []
-    for recipe in SAMPLE_TILES:
-        wc_tile = wc_offset(recipe.tile)[0]
-        with rasterio.open(region / s2_filename(recipe.tile)) as s2, rasterio.open(region / wc_filename(wc_tile)) as wc:
-            rgb = s2.read((1, 2, 3))
-            win = from_bounds(*s2.bounds, transform=wc.transform)
-            labels = wc.read(1, window=Window(round(win.col_off), round(win.row_off), s2.width, s2.height))
-        classes = lut[labels]
-        for y in range(0, s2.height - PATCH_SIZE + 1, CROP_STRIDE):
-            for x in range(0, s2.width - PATCH_SIZE + 1, CROP_STRIDE):
-                crop = classes[y:y + PATCH_SIZE, x:x + PATCH_SIZE]
-                if not (crop == NODATA_INDEX).any():
-                    crops.append((recipe.tile, y, x, rgb[:, y:y + PATCH_SIZE, x:x + PATCH_SIZE], crop))
-    if count > len(crops):
-        raise SystemExit(f"the sample region gives {len(crops)} distinct crops, fewer than the {count} asked for; "
-                         "lower --images or raise --tile-px")
-    picks = np.linspace(0, len(crops) - 1, count).round().astype(int)
+    crops = region_crops(region, CROP_STRIDE)
+    picks = even_picks(len(crops), count, "lower --images or raise --tile-px")
     picks = np.concatenate([picks[0::2], picks[1::2]])
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
