@@ -87,6 +87,49 @@ class Settings:
     caption_top_p: float = 0.95
     caption_max_tokens: int = 100
     caption_prompts: dict[str, str] = field(default_factory=dict)
+    # Generation, unconditional style-based GAN (gan_*): size, widths and the training recipe.
+    # Widths: channels at resolution r = min(gan_channel_base // r, gan_channel_max).
+    gan_resolution: int = 32
+    gan_z_dim: int = 64
+    gan_w_dim: int = 64
+    gan_mapping_layers: int = 2
+    gan_channel_base: int = 1024
+    gan_channel_max: int = 64
+    gan_steps: int = 400
+    gan_batch_size: int = 8
+    gan_lr: float = 2.5e-3
+    gan_r1_gamma: float = 0.2
+    gan_r1_interval: int = 16  # lazy R1: the penalty every this many discriminator steps
+    gan_style_mixing: float = 0.9
+    gan_ema_kimg: float = 0.5  # half-life of the generator's moving average, thousands of images
+    gan_augment: tuple[str, ...] = ("color", "translation", "cutout")  # DiffAugment policy; () = off
+    gan_checkpoint_every: int = 100  # steps
+    gan_fid_every: int = 200  # steps; 0 = only at the end
+    gan_seed: int = 0
+    # Conditional SPADE generator with a U-Net discriminator (cond_*).
+    cond_z_dim: int = 32
+    cond_channels: int = 32  # widest generator layer = 8x this
+    cond_steps: int = 400
+    cond_batch_size: int = 8
+    cond_lr_g: float = 1e-4
+    cond_lr_d: float = 4e-4
+    cond_cutmix_prob: float = 0.5
+    cond_consistency_weight: float = 1.0
+    cond_vgg_weights: str = ""  # local torchvision VGG-19 state dict; empty = no perceptual loss
+    cond_vgg_weight: float = 10.0
+    cond_images_per_mask: int = 2  # k synthetic images per training patch of a tile
+    # Sharded generation and FID.
+    gen_shards: int = 4  # static gen_shard partitions 0000..; read when the definitions load
+    gen_shard_size: int = 16  # images per shard
+    gen_batch_size: int = 16
+    gen_seed: int = 0
+    gen_truncation_psi: float = 1.0
+    fid_images: int = 512  # real and synthetic images per FID estimate (at most)
+    fid_inception_weights: str = ""  # local torchvision Inception-v3 state dict; empty = encoder-space FID only
+    # Operating: scheduled partial backfills and the new-tile sensor.
+    backfill_cron: str = "*/15 * * * *"
+    backfill_max_partitions: int = 4  # partitions one schedule tick may request
+    backfill_assets: tuple[str, ...] = ("real_patches", "uncond_images", "real_captions")
 
     @property
     def bbox_footprint(self) -> Footprint:
@@ -113,6 +156,28 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seg_eval_batch_size": 64,
         "seg_loader_workers": 8,
         "label_batch_size": 64,
+        # StyleGAN2 configuration at 256 px (the release trained StyleGAN2 in the StyleGAN3 code base).
+        "gan_resolution": 256,
+        "gan_z_dim": 512,
+        "gan_w_dim": 512,
+        "gan_mapping_layers": 8,
+        "gan_channel_base": 16384,
+        "gan_channel_max": 512,
+        "gan_steps": 780_000,
+        "gan_batch_size": 32,
+        "gan_r1_gamma": 1.0,
+        "gan_ema_kimg": 10.0,
+        "gan_checkpoint_every": 5000,
+        "gan_fid_every": 50_000,
+        "cond_z_dim": 256,
+        "cond_channels": 64,
+        "cond_steps": 200_000,
+        "cond_batch_size": 16,
+        "cond_images_per_mask": 1,  # the release: 80k conditional images from 80k training masks
+        "gen_shards": 300,
+        "gen_shard_size": 1000,  # 300 x 1000 = the release's 300k unconditional images
+        "gen_batch_size": 64,
+        "fid_images": 10_000,
     },
 }
 
@@ -195,6 +260,13 @@ def _validate(s: Settings) -> None:
     missing = sorted(set(SEG_ARCHS) - set(s.seg_encoders))
     if missing:
         raise ValueError(f"seg_encoders names no encoder for {missing}")
+    if s.gan_resolution < 8 or s.gan_resolution & (s.gan_resolution - 1):
+        raise ValueError(f"gan_resolution {s.gan_resolution} must be a power of two, at least 8")
+    bad_aug = sorted(set(s.gan_augment) - {"color", "translation", "cutout"})
+    if bad_aug:
+        raise ValueError(f"gan_augment {bad_aug} unknown; choose from color, translation, cutout")
+    if s.gen_shards < 1 or s.gen_shard_size < 1:
+        raise ValueError("gen_shards and gen_shard_size must be at least 1")
     bad_modes = sorted(set(s.caption_modes) - {"text", "vision", "hybrid"})
     if bad_modes or not s.caption_modes:
         raise ValueError(f"caption_modes {list(s.caption_modes)} must be some of text, vision, hybrid")

@@ -1,0 +1,4 @@
+"""Generation assets (being built)."""
+
+ASSETS: list = []
+JOBS: list = []

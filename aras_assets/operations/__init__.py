@@ -1,0 +1,1 @@
+"""Operating the platform: lineage audit, lineage checks, scheduled partial backfills."""

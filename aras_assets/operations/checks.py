@@ -1,0 +1,3 @@
+"""Asset checks about the whole dataset (lineage completeness)."""
+
+CHECKS: list = []
