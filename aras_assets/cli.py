@@ -115,6 +115,44 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """Trace captions, images or patches back to their generator, source patch, tiles and URIs."""
+    import contextlib
+    import json
+
+    from aras_assets.operations.lineage import LineageError, format_trace, trace_many
+    from resources.storage import StorageResource
+
+    ids = list(args.ids)
+    if args.file:
+        try:
+            text = Path(args.file).read_text()
+        except OSError as exc:
+            print(f"error: cannot read id file {args.file}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        ids += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not ids:
+        print("error: no ids given (pass ids or --file FILE)", file=sys.stderr)
+        return 1
+    with contextlib.ExitStack() as stack:
+        instance = None
+        home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home")
+        if not args.no_runs and (home / "dagster.yaml").exists():
+            import dagster as dg
+
+            instance = stack.enter_context(dg.DagsterInstance.from_config(str(home)))
+        try:
+            records = trace_many(StorageResource().root_path, ids, instance)
+        except LineageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(records[0] if len(records) == 1 else records, indent=2))
+    else:
+        print("\n\n".join(format_trace(r) for r in records))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     home = ensure_dagster_home()
     print(f"Dagster UI on http://{args.host}:{args.port} with DAGSTER_HOME={home}")
@@ -151,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     label.add_argument("--model", default="champion", help="champion, <arch>, <arch>/<version> or <arch>@<alias>")
     label.add_argument("--batch-size", type=int, default=16)
     label.add_argument("--tracking-uri", default=None, help="MLflow store (default: the project's)")
+    lineage = sub.add_parser("lineage", help="trace caption, image or patch ids to their generator, patch, tiles and URIs")
+    lineage.add_argument("ids", nargs="*", metavar="ID", help="caption, image or patch id")
+    lineage.add_argument("--file", help="file of ids, one per line")
+    lineage.add_argument("--json", action="store_true", help="JSON: one object, or a list for several ids")
+    lineage.add_argument("--no-runs", action="store_true", help="skip the Dagster run ids (no instance lookup)")
     ui = sub.add_parser("ui", help="start the Dagster UI on the project's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
@@ -166,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_settings(args)
     if args.command == "label":
         return cmd_label(args)
+    if args.command == "lineage":
+        return cmd_lineage(args)
     return cmd_ui(args)
 
 

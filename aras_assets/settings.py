@@ -107,9 +107,10 @@ class Settings:
     gan_fid_every: int = 200  # steps; 0 = only at the end
     gan_seed: int = 0
     # Conditional SPADE generator with a U-Net discriminator (cond_*).
-    cond_z_dim: int = 32
-    cond_channels: int = 32  # widest generator layer = 8x this
-    cond_steps: int = 400
+    cond_z_dim: int = 16
+    cond_channels: int = 16  # narrowest generator layer; the widest is up to 8x this
+    cond_hidden: int = 32  # width of the mask embedding inside each SPADE layer
+    cond_steps: int = 300
     cond_batch_size: int = 8
     cond_lr_g: float = 1e-4
     cond_lr_d: float = 4e-4
@@ -171,6 +172,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gan_fid_every": 50_000,
         "cond_z_dim": 256,
         "cond_channels": 64,
+        "cond_hidden": 128,
         "cond_steps": 200_000,
         "cond_batch_size": 16,
         "cond_images_per_mask": 1,  # the release: 80k conditional images from 80k training masks

@@ -1,4 +1,431 @@
-"""Generation assets (being built)."""
+"""Generation assets: uncond_gan and cond_gan (training, MLflow runs, registered versions),
+uncond_images per gen_shard with their labels, cond_images per s2_tile, and gan_fid.
+Thin wiring only: the science is in the sibling modules."""
 
-ASSETS: list = []
-JOBS: list = []
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import torch
+
+from aras_assets.generation.data import GanPatches, GenerationError, endless_batches, resized_image, resized_mask
+from aras_assets.generation.fid import (
+    PAPER_FID,
+    FeatureStats,
+    FidError,
+    encoder_feature_fn,
+    feature_stats,
+    fid_from_stats,
+    inception_feature_fn,
+)
+from aras_assets.generation.perceptual import load_vgg_loss
+from aras_assets.generation.sampling import (
+    MANIFEST,
+    GeneratorRun,
+    Partition,
+    cond_plan,
+    generate_cond,
+    generate_partition,
+    generate_uncond,
+    png_bytes,
+    precision_name,
+    uncond_plan,
+)
+from aras_assets.generation.spade import SpadeConfig
+from aras_assets.generation.stylegan import StyleGanConfig
+from aras_assets.generation.training import (
+    COND,
+    GENERATOR,
+    UNCOND,
+    CondTrainConfig,
+    GanTrainConfig,
+    SpadeTrainer,
+    StyleGanTrainer,
+    fit,
+    load_generator,
+    plan_resume,
+)
+from aras_assets.landcover import mask_to_rgb
+from aras_assets.partitions import gen_shard_partitions, s2_tile_partitions
+from aras_assets.previews import markdown_image, markdown_table, picture_rows
+from aras_assets.segmentation.assets import SEG_ERRORS, labeler_asset, read_training_data, segmentation_model
+from aras_assets.segmentation.data import split_records
+from aras_assets.segmentation.models import load_model
+from aras_assets.segmentation.registry import (
+    ModelVersionRef,
+    download_checkpoint,
+    log_and_register,
+    log_image,
+    log_metrics,
+    resolve_version,
+    start_run,
+)
+from aras_assets.settings import Settings, SettingsResource
+from aras_assets.sources.assets import bad_input_as_failure, read_tile_manifest, real_patches, splits
+from resources import MlflowResource, StorageResource, TorchDeviceResource
+from resources.device import TorchRuntime
+
+GEN_ERRORS = (*SEG_ERRORS, GenerationError, FidError, ValueError)
+MODEL_NAMES = {UNCOND: "aras-gan-uncond", COND: "aras-gan-cond"}
+TRAINING_ASSET = {UNCOND: "uncond_gan", COND: "cond_gan"}
+FID_FEATURE_SIZE = 256  # the segmentation encoder sees images at the size it was trained on
+GRID_SAMPLES = 8
+
+
+def style_config(s: Settings) -> StyleGanConfig:
+    return StyleGanConfig(resolution=s.gan_resolution, z_dim=s.gan_z_dim, w_dim=s.gan_w_dim,
+                          mapping_layers=s.gan_mapping_layers, channel_base=s.gan_channel_base,
+                          channel_max=s.gan_channel_max)
+
+
+def spade_config(s: Settings) -> SpadeConfig:
+    return SpadeConfig(resolution=s.gan_resolution, z_dim=s.cond_z_dim, channels=s.cond_channels, hidden=s.cond_hidden)
+
+
+def expected_config(s: Settings, kind: str) -> dict:
+    return (style_config(s) if kind == UNCOND else spade_config(s)).to_dict()
+
+
+def train_records(storage: StorageResource) -> tuple[pl.DataFrame, str]:
+    manifest, table, data_version = read_training_data(storage)
+    return split_records(manifest, table, "train"), data_version
+
+
+def encoder_features(mlflow: MlflowResource, reference: str) -> tuple[Callable, ModelVersionRef]:
+    """FID features from the encoder of a registered segmentation model (champion by default)."""
+    ref = resolve_version(mlflow.client(), reference)
+    with tempfile.TemporaryDirectory() as scratch:
+        model, _, _ = load_model(download_checkpoint(mlflow.resolved_tracking_uri, ref, Path(scratch)))
+    return encoder_feature_fn(model.eval()), ref
+
+
+def even_rows(frame: pl.DataFrame, limit: int) -> pl.DataFrame:
+    """At most `limit` rows spread evenly over the frame (a deterministic FID subset)."""
+    if frame.height <= limit:
+        return frame
+    return frame[np.linspace(0, frame.height - 1, limit).round().astype(int).tolist()]
+
+
+def image_batches(paths: list[Path], size: int, batch: int = 32):
+    for begin in range(0, len(paths), batch):
+        yield np.stack([resized_image(p, size) for p in paths[begin:begin + batch]])
+
+
+def real_stats(storage: StorageResource, records: pl.DataFrame, s: Settings, fn: Callable,
+               device: torch.device) -> FeatureStats:
+    """Features of real training patches at the generator's resolution (what the GAN learns)."""
+    paths = [storage.path(p) for p in even_rows(records, s.fid_images)["image_path"]]
+    return feature_stats(image_batches(paths, s.gan_resolution), fn, FID_FEATURE_SIZE, device)
+
+
+def gan_record(storage: StorageResource, kind: str) -> dict:
+    path = storage.path("models", "gan", kind, "model.json")
+    if not path.exists():
+        raise GenerationError(f"no trained {kind} generator is registered: materialize {TRAINING_ASSET[kind]} first")
+    return json.loads(path.read_text())
+
+
+def registered_generator(storage: StorageResource, mlflow: MlflowResource, s: Settings,
+                         kind: str) -> tuple[torch.nn.Module, ModelVersionRef]:
+    """The generator version named by models/gan/<kind>/model.json, checked against the registry
+    and against the configured network."""
+    record = gan_record(storage, kind)
+    ref = ModelVersionRef(record["model_name"], record["model_version"], record["mlflow_run_id"])
+    try:
+        mlflow.client().get_model_version(ref.name, ref.version)
+    except Exception as exc:
+        raise GenerationError(f"{ref} is not in the MLflow registry at {mlflow.resolved_tracking_uri}: "
+                              f"materialize {TRAINING_ASSET[kind]} again") from exc
+    with tempfile.TemporaryDirectory() as scratch:
+        model, _ = load_generator(download_checkpoint(mlflow.resolved_tracking_uri, ref, Path(scratch)), kind,
+                                  expected_config(s, kind))
+    return model, ref
+
+
+def sample_uncond(G: torch.nn.Module, count: int, runtime: TorchRuntime, seed: int = 12345) -> np.ndarray:
+    return generate_uncond(G, [seed + k for k in range(count)], 1.0, runtime)
+
+
+def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage: StorageResource,
+              device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """Shared body of uncond_gan and cond_gan."""
+    runtime = device.runtime()
+    with bad_input_as_failure(*GEN_ERRORS):
+        records, data_version = train_records(storage)
+        dataset = GanPatches(storage.root_path, records, s.gan_resolution)
+        if kind == UNCOND:
+            config = GanTrainConfig(steps=s.gan_steps, batch_size=s.gan_batch_size, lr=s.gan_lr, r1_gamma=s.gan_r1_gamma,
+                                    r1_interval=s.gan_r1_interval, style_mixing=s.gan_style_mixing,
+                                    ema_kimg=s.gan_ema_kimg, augment=tuple(s.gan_augment),
+                                    checkpoint_every=s.gan_checkpoint_every, fid_every=s.gan_fid_every, seed=s.gan_seed)
+            trainer = StyleGanTrainer(style_config(s), config, runtime)
+        else:
+            perceptual = load_vgg_loss(s.cond_vgg_weights).to(runtime.torch_device) if s.cond_vgg_weights else None
+            config = CondTrainConfig(steps=s.cond_steps, batch_size=s.cond_batch_size, lr_g=s.cond_lr_g,
+                                     lr_d=s.cond_lr_d, cutmix_prob=s.cond_cutmix_prob,
+                                     consistency_weight=s.cond_consistency_weight,
+                                     vgg_weight=s.cond_vgg_weight if perceptual else 0.0, ema_kimg=s.gan_ema_kimg,
+                                     checkpoint_every=s.gan_checkpoint_every, fid_every=s.gan_fid_every, seed=s.gan_seed)
+            trainer = SpadeTrainer(spade_config(s), config, runtime, perceptual)
+        folder = storage.writable_dir("models", "gan", kind)
+        resume = plan_resume(folder, trainer, data_version, log=context.log.info)
+        features, encoder_ref = encoder_features(mlflow, s.label_model)
+        reference = real_stats(storage, records, s, features, runtime.torch_device)
+        fid_records = even_rows(records, s.fid_images)
+        fid_masks = np.stack([resized_mask(storage.path(p), s.gan_resolution) for p in fid_records["mask_path"]])
+
+    def fid(G: torch.nn.Module) -> float:
+        """FID of the EMA generator (fixed seeds) against the training patches, encoder space."""
+        G.eval()
+        if kind == UNCOND:
+            batches = (sample_uncond(G, min(32, len(fid_masks) - b), runtime, b) for b in range(0, len(fid_masks), 32))
+        else:
+            batches = (generate_cond(G, fid_masks[b:b + 32], range(b, b + len(fid_masks[b:b + 32])), runtime)
+                       for b in range(0, len(fid_masks), 32))
+        return fid_from_stats(reference, feature_stats(batches, features, FID_FEATURE_SIZE, runtime.torch_device))
+
+    client = mlflow.client()
+    name = MODEL_NAMES[kind]
+    tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
+            "aras.splits_version": data_version, "aras.fid_features": f"encoder of {encoder_ref}"}
+    params = {**{f"train.{k}": v for k, v in config.__dict__.items()},
+              **{f"model.{k}": v for k, v in trainer.model_config.to_dict().items()},
+              "train_patches": len(dataset), "device": str(runtime.torch_device)}
+    run_id = start_run(client, mlflow.experiment_id(), resume.get("extra", {}).get("mlflow_run_id") if resume else None,
+                       f"gan-{kind}", tags, params)
+    context.log.info(f"{kind} GAN: {len(dataset)} training patches at {s.gan_resolution}px; MLflow run {run_id}")
+    try:
+        with bad_input_as_failure(*GEN_ERRORS):
+            result = fit(trainer, endless_batches(dataset, config.batch_size, config.seed), config.steps, folder,
+                         data_version, config.checkpoint_every, config.fid_every, fid=fid, resume=resume,
+                         extra={"mlflow_run_id": run_id}, on_log=lambda step, rec: log_metrics(client, run_id, rec, step),
+                         log=context.log.info, log_every=max(1, min(50, config.steps // 8)))
+        grid = sample_grid(kind, trainer.G_ema, records, storage, s.gan_resolution, runtime)
+        with tempfile.TemporaryDirectory() as scratch:
+            log_image(client, run_id, grid, f"plots/{kind}_samples.png", Path(scratch))
+        final_fid = result.fid[-1][1] if result.fid else float("nan")
+        ref = log_and_register(mlflow.resolved_tracking_uri, run_id, trainer.G_ema, folder / GENERATOR, name,
+                               {"dagster.run_id": context.run_id, "aras.splits_version": data_version,
+                                "aras.steps": str(trainer.step), "aras.fid_encoder": f"{final_fid:.4f}"},
+                               score=final_fid, requirements=("torch",))
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)
+    record = {"kind": kind, "model_name": ref.name, "model_version": ref.version, "mlflow_run_id": run_id,
+              "steps": trainer.step, "fid_encoder": final_fid, "splits_version": data_version,
+              "model_config": trainer.model_config.to_dict(), "fid_features": f"encoder of {encoder_ref}"}
+    storage.write_bytes(folder / "model.json", json.dumps(record, indent=2).encode())
+    context.log.info(f"registered {ref}; FID (segmentation-encoder features) {final_fid:.3f}")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(str(ref)),
+        metadata={
+            "model_version": str(ref), "model_uri": ref.uri, "mlflow_run_id": run_id, "mlflow_ui": mlflow.ui_command(),
+            "steps": trainer.step, "resumed_from_step": result.resumed_from if result.resumed_from is not None else -1,
+            "train_images_per_s": round(result.images_per_s, 2), "resolution": s.gan_resolution,
+            "fid_encoder": round(final_fid, 4), "fid_features": f"segmentation encoder of {encoder_ref}",
+            "paper_fid": PAPER_FID[kind],
+            "fid_history": dg.MetadataValue.md(markdown_table([{"step": st, "fid_encoder": round(v, 4)}
+                                                               for st, v in result.fid])),
+            "losses": dg.MetadataValue.md(markdown_table(result.history[-10:])),
+            "checkpoint": dg.MetadataValue.path(str(folder / GENERATOR)),
+            "samples": dg.MetadataValue.md(markdown_image(grid, "real (top) and synthetic (bottom)" if kind == UNCOND
+                                                          else "mask, synthetic, real")),
+        })
+
+
+def sample_grid(kind: str, G: torch.nn.Module, records: pl.DataFrame, storage: StorageResource, size: int,
+                runtime: TorchRuntime) -> bytes:
+    """Real beside synthetic (unconditional) or mask | synthetic | real of that mask (conditional)."""
+    picks = even_rows(records, GRID_SAMPLES)
+    real = [resized_image(storage.path(p), size) for p in picks["image_path"]]
+    if kind == UNCOND:
+        return picture_rows([real, list(sample_uncond(G.eval(), len(real), runtime))])
+    masks = np.stack([resized_mask(storage.path(p), size) for p in picks["mask_path"]])
+    fake = generate_cond(G.eval(), masks, range(len(masks)), runtime)
+    return picture_rows([[mask_to_rgb(m) for m in masks], list(fake), real])
+
+
+GAN_DEPS = [splits, dg.AssetDep(real_patches, partition_mapping=dg.AllPartitionMapping()),
+            dg.AssetDep(segmentation_model, partition_mapping=dg.AllPartitionMapping())]
+
+
+@dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu", deps=GAN_DEPS)
+def uncond_gan(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
+               device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """Train the style-based unconditional GAN on the training split's images (resumes from its
+    last checkpoint), FID in segmentation-encoder space along the way, and register the EMA
+    generator as a version of aras-gan-uncond."""
+    return train_gan(UNCOND, context, settings.get(), storage, device, mlflow)
+
+
+@dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu", deps=GAN_DEPS)
+def cond_gan(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
+             device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """Train the SPADE generator against the U-Net discriminator on the training split's image
+    and mask pairs, and register its EMA generator as a version of aras-gan-cond."""
+    return train_gan(COND, context, settings.get(), storage, device, mlflow)
+
+
+def generator_run(ref: ModelVersionRef, runtime: TorchRuntime, s: Settings, context: dg.AssetExecutionContext) -> GeneratorRun:
+    return GeneratorRun(ref.name, ref.version, ref.run_id, str(runtime.torch_device), precision_name(runtime),
+                        s.gan_resolution, context.run_id)
+
+
+def generation_metadata(manifest: pl.DataFrame, new: int, ref: ModelVersionRef, partition: Partition,
+                        storage: StorageResource, grid: bytes, alt: str) -> dict:
+    return {"images": manifest.height, "generated_now": new, "done_before": manifest.height - new,
+            "model_version": str(ref), "model_uri": ref.uri, "mlflow_run_id": ref.run_id,
+            "manifest": dg.MetadataValue.path(str(partition.folder / MANIFEST)),
+            "samples": dg.MetadataValue.md(markdown_image(grid, alt))}
+
+
+@dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "parquet", "png"},
+          partitions_def=gen_shard_partitions, pool="gpu", deps=[uncond_gan])
+def uncond_images(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
+                  device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """gen_shard_size images of one shard from the registered unconditional generator, each from
+    a seed derived from the shard and its index; the manifest row records seed, truncation psi,
+    model version, device, precision and content hash (`aras regenerate <image_id>` rebuilds it).
+    Resumable: a re-run writes only the images a crash left undone."""
+    shard = context.partition_key
+    s = settings.get()
+    runtime = device.runtime(inference=True)
+    with bad_input_as_failure(*GEN_ERRORS):
+        G, ref = registered_generator(storage, mlflow, s, UNCOND)
+        G = runtime.prepare(G)
+        plan = uncond_plan(shard, s.gen_shard_size, s.gen_seed, s.gen_truncation_psi, generator_run(ref, runtime, s, context))
+        partition = Partition(storage.root_path, f"synthetic/uncond/{shard}")
+
+        def render(rows: pl.DataFrame) -> np.ndarray:
+            return generate_uncond(G, rows["seed"].to_list(), float(rows["truncation_psi"][0]), runtime)
+
+        def progress(done: int, total: int) -> None:
+            context.log.info(f"uncond_images[{shard}]: {done}/{total} images")
+
+        manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
+    grid = picture_rows([[resized_image(storage.path(p), s.gan_resolution) for p in manifest["image_path"][:GRID_SAMPLES]]])
+    return dg.MaterializeResult(metadata=generation_metadata(manifest, new, ref, partition, storage, grid,
+                                                             f"shard {shard} samples"))
+
+
+def uncond_label_images(storage: StorageResource, shard: str) -> pl.DataFrame:
+    path = storage.path("synthetic", "uncond", shard, MANIFEST)
+    if not path.exists():
+        raise GenerationError(f"no unconditional images in shard {shard}: materialize uncond_images[{shard}] first")
+    return pl.read_parquet(path, columns=["image_id", "image_path"]).with_columns(
+        (pl.lit(f"{storage.root_path}/") + pl.col("image_path")).alias("image_path"))
+
+
+uncond_labels = labeler_asset(
+    "uncond_labels", uncond_label_images, gen_shard_partitions, deps=[uncond_images], group_name="generation",
+    description="Pseudo-label masks of a shard's unconditional images by the champion segmentation model "
+                "(its version is in every manifest row).")
+
+
+@dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "parquet", "png"},
+          partitions_def=s2_tile_partitions, pool="gpu", deps=[cond_gan, splits, real_patches])
+def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
+                device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """cond_images_per_mask images for every training patch of the tile, conditioned on its
+    mask; the manifest names the conditioning patch and the label is that mask at the
+    generator's resolution. Resumable like uncond_images."""
+    tile = context.partition_key
+    s = settings.get()
+    runtime = device.runtime(inference=True)
+    with bad_input_as_failure(*GEN_ERRORS):
+        G, ref = registered_generator(storage, mlflow, s, COND)
+        G = runtime.prepare(G)
+        records, _ = train_records(storage)
+        tile_patches = read_tile_manifest(storage, tile, ["patch_id"]).join(records, on="patch_id")
+        plan = cond_plan(tile, tile_patches, s.cond_images_per_mask, s.gen_seed, generator_run(ref, runtime, s, context))
+        partition = Partition(storage.root_path, f"synthetic/cond/{tile}")
+
+        def render(rows: pl.DataFrame) -> np.ndarray:
+            masks = np.stack([resized_mask(storage.path(p), s.gan_resolution) for p in rows["source_mask_path"]])
+            for path, mask in zip(rows["mask_path"], masks, strict=True):  # the label, before the image
+                storage.write_bytes(storage.path(path), png_bytes(mask_to_rgb(mask)))
+            return generate_cond(G, masks, rows["seed"].to_list(), runtime)
+
+        def progress(done: int, total: int) -> None:
+            context.log.info(f"cond_images[{tile}]: {done}/{total} images")
+
+        manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
+    picks = manifest.head(GRID_SAMPLES)
+    grid = picture_rows([[resized_image(storage.path(p), s.gan_resolution) for p in picks["mask_path"]],
+                         [resized_image(storage.path(p), s.gan_resolution) for p in picks["image_path"]]]) \
+        if picks.height else b""
+    metadata = generation_metadata(manifest, new, ref, partition, storage, grid, "mask above its synthetic image") \
+        if picks.height else {"images": 0, "model_version": str(ref), "note": f"tile {tile} has no training patches"}
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def synthetic_manifests(storage: StorageResource, origin: str) -> pl.DataFrame:
+    paths = sorted(storage.path("synthetic", origin).glob(f"*/{MANIFEST}"))
+    return pl.concat([pl.read_parquet(p) for p in paths]) if paths else pl.DataFrame()
+
+
+@dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu",
+          deps=[dg.AssetDep(uncond_images, partition_mapping=dg.AllPartitionMapping()),
+                dg.AssetDep(cond_images, partition_mapping=dg.AllPartitionMapping())])
+def gan_fid(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
+            device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """FID of the unconditional and conditional images against the training patches, in the
+    segmentation encoder's feature space (and Inception's when fid_inception_weights is set),
+    beside the paper's 16 and 72. Written to eval/generation/fid.json and the generators' runs."""
+    s = settings.get()
+    runtime = device.runtime(inference=True)
+    rows = []
+    with bad_input_as_failure(*GEN_ERRORS):
+        records, _ = train_records(storage)
+        spaces = {}
+        features, encoder_ref = encoder_features(mlflow, s.label_model)
+        spaces[f"encoder ({encoder_ref})"] = (features, FID_FEATURE_SIZE)
+        if s.fid_inception_weights:
+            spaces["inception-v3 pool3"] = (inception_feature_fn(storage.resolve(s.fid_inception_weights)), 299)
+        for space, (fn, size) in spaces.items():
+            paths = [storage.path(p) for p in even_rows(records, s.fid_images)["image_path"]]
+            reference = feature_stats(image_batches(paths, s.gan_resolution), fn, size, runtime.torch_device)
+            for origin in (UNCOND, COND):
+                manifest = synthetic_manifests(storage, origin)
+                if manifest.height < 2:
+                    context.log.warning(f"FID of {origin}: fewer than 2 images; materialize {origin}_images first")
+                    continue
+                picks = even_rows(manifest, s.fid_images)
+                synthetic = feature_stats(image_batches([storage.path(p) for p in picks["image_path"]], s.gan_resolution),
+                                          fn, size, runtime.torch_device)
+                value = fid_from_stats(reference, synthetic)
+                rows.append({"set": origin, "features": space, "fid": round(value, 4), "real_images": reference.count,
+                             "synthetic_images": synthetic.count, "paper_fid (Inception)": PAPER_FID[origin],
+                             "model_version": f"{picks['model_name'][0]}/{picks['model_version'][0]}"})
+                log_metrics(mlflow.client(), picks["mlflow_run_id"][0],
+                            {f"fid_{'encoder' if space.startswith('encoder') else 'inception'}_{origin}_set": value})
+    if not rows:
+        raise dg.Failure(description="no synthetic images yet: materialize uncond_images and cond_images first",
+                         allow_retries=False)
+    folder = storage.writable_dir("eval", "generation")
+    storage.write_bytes(folder / "fid.json", json.dumps(rows, indent=2).encode())
+    context.log.info("FID: " + "; ".join(f"{r['set']} {r['fid']:.3f} ({r['features']})" for r in rows))
+    return dg.MaterializeResult(metadata={
+        "fid": dg.MetadataValue.md(markdown_table(rows)),
+        **{f"fid_encoder_{r['set']}": r["fid"] for r in rows if r["features"].startswith("encoder")},
+        "note": "encoder-space FID is not on the Inception scale of the paper's 16 / 72; compare runs with each other",
+        "path": dg.MetadataValue.path(str(folder / "fid.json")),
+    })
+
+
+ASSETS = [uncond_gan, cond_gan, uncond_images, uncond_labels, cond_images, gan_fid]
+gan_training_job = dg.define_asset_job("gan_training_job", selection=[uncond_gan, cond_gan],
+                                       description="Train and register both generators.")
+uncond_generation_job = dg.define_asset_job(
+    "uncond_generation_job", selection=[uncond_images, uncond_labels], partitions_def=gen_shard_partitions,
+    description="Generate and label one shard of unconditional images.")
+cond_generation_job = dg.define_asset_job("cond_generation_job", selection=[cond_images],
+                                          partitions_def=s2_tile_partitions,
+                                          description="Conditional images for one tile's training masks.")
+fid_job = dg.define_asset_job("fid_job", selection=[gan_fid], description="FID of both synthetic sets.")
+JOBS = [gan_training_job, uncond_generation_job, cond_generation_job, fid_job]

@@ -14,6 +14,7 @@ import polars as pl
 import torch
 from PIL import Image
 
+from aras_assets.ids import PATCH_SIZE
 from aras_assets.landcover import CLASS_NAMES, NUM_CLASSES, mask_to_rgb
 from aras_assets.segmentation.data import normalize, read_image
 from aras_assets.segmentation.models import ModelSpec
@@ -96,11 +97,26 @@ def _encode(mask: np.ndarray, level: int) -> bytes:
     return buffer.getvalue()
 
 
+def predict_at_scale(model: torch.nn.Module, batch: torch.Tensor, runtime: TorchRuntime, min_size: int) -> torch.Tensor:
+    """Class indices [B, H, W]. Images smaller than `min_size` (e.g. 32-px synthetic images of
+    a 256-px patch's ground) are upsampled to it, so the model sees them at the scale it was
+    trained on, and the prediction is brought back to the image's size by nearest neighbour."""
+    height, width = batch.shape[-2:]
+    if min(height, width) >= min_size:
+        return predict(model, batch, runtime)[1]
+    scale = min_size / min(height, width)
+    size = (round(height * scale), round(width * scale))
+    big = torch.nn.functional.interpolate(batch, size=size, mode="bilinear", align_corners=False)
+    pred = predict(model, big, runtime)[1]
+    return torch.nn.functional.interpolate(pred[:, None].float(), size=(height, width), mode="nearest")[:, 0].long()
+
+
 def label_images(labeler: Labeler, images: pl.DataFrame, out_dir: Path, rel_dir: str, runtime: TorchRuntime,
                  batch_size: int = 16, png_compress_level: int = 1,
-                 progress: Callable[[int, int], None] | None = None) -> pl.DataFrame:
+                 progress: Callable[[int, int], None] | None = None, min_size: int = PATCH_SIZE) -> pl.DataFrame:
     """Predict a mask for every image (batched; images of one size per batch) and write
-    `<out_dir>/<image_id>.png`; returns one manifest row per image in input order."""
+    `<out_dir>/<image_id>.png`; returns one manifest row per image in input order. Images
+    smaller than `min_size` are labelled at that scale (see predict_at_scale)."""
     model = runtime.prepare(labeler.model).eval()
     ids: list[str] = images["image_id"].to_list()
     paths: list[str] = images["image_path"].to_list()
@@ -112,8 +128,7 @@ def label_images(labeler: Labeler, images: pl.DataFrame, out_dir: Path, rel_dir:
             for shape in dict.fromkeys(a.shape for a in arrays):  # group by size, keep order
                 members = [k for k, a in enumerate(arrays) if a.shape == shape]
                 tensor = runtime.to_device(torch.stack([normalize(arrays[k]) for k in members]))
-                _, pred = predict(model, tensor, runtime)
-                masks = pred.to(torch.uint8).cpu().numpy()
+                masks = predict_at_scale(model, tensor, runtime, min_size).to(torch.uint8).cpu().numpy()
                 encoded = list(pool.map(lambda m: _encode(m, png_compress_level), masks))
                 for k, mask, png in zip(members, masks, encoded, strict=True):
                     index = batch[k]

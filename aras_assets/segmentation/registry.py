@@ -86,24 +86,31 @@ def log_image(client: Any, run_id: str, png: bytes, artifact_file: str, scratch:
 
 def register_model(tracking_uri: str, run_id: str, model: torch.nn.Module, checkpoint: Path, arch: str,
                    score: float, tags: Mapping[str, str]) -> ModelVersionRef:
+    """Register a segmentation network as a new version of aras-segmentation-<arch>, tagged
+    with its validation score (the champion is chosen by it)."""
+    return log_and_register(tracking_uri, run_id, model, checkpoint, model_name(arch),
+                            {SELECTION_METRIC: f"{score:.6f}", **tags}, score=score)
+
+
+def log_and_register(tracking_uri: str, run_id: str, model: torch.nn.Module, checkpoint: Path, name: str,
+                     tags: Mapping[str, str], score: float = float("nan"),
+                     requirements: tuple[str, ...] = ("torch", "segmentation-models-pytorch")) -> ModelVersionRef:
     """Log the network (pytorch flavour, loadable with mlflow.pytorch.load_model) with our
-    checkpoint as an extra file, and register it as a new version of aras-segmentation-<arch>."""
+    checkpoint as an extra file, and register it as a new version of `name`."""
     import mlflow
 
     _use(tracking_uri)
-    name = model_name(arch)
     staged = checkpoint.parent / CHECKPOINT_FILE  # the file keeps one name inside every version
     staged.write_bytes(checkpoint.read_bytes())
     try:
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
                                             extra_files=[str(staged)], registered_model_name=name,
-                                            pip_requirements=["torch", "segmentation-models-pytorch"])
+                                            pip_requirements=list(requirements))
     finally:
         staged.unlink(missing_ok=True)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient(tracking_uri, tracking_uri)
-    client.set_model_version_tag(name, version, SELECTION_METRIC, f"{score:.6f}")
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return ModelVersionRef(name, version, run_id, score)
