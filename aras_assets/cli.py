@@ -115,6 +115,26 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regenerate(args: argparse.Namespace) -> int:
+    """Rebuild a synthetic image from its manifest row and check it is byte-identical."""
+    from aras_assets.generation.data import GenerationError
+    from aras_assets.generation.regenerate import regenerate
+    from resources import MlflowResource, StorageResource
+
+    tracking = MlflowResource(tracking_uri=args.tracking_uri or "")
+    try:
+        result = regenerate(StorageResource().root_path, tracking.resolved_tracking_uri, args.image_id)
+    except (GenerationError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.out:
+        Path(args.out).write_bytes(result.data)
+    verdict = "byte-identical to" if result.identical else "DIFFERENT from"
+    print(f"{result.image_id}: sha256 {result.sha256}, {verdict} the recorded image {result.stored_path} "
+          f"(recorded sha256 {result.expected_sha256})" + (f"; written to {args.out}" if args.out else ""))
+    return 0 if result.identical else 1
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     """Trace captions, images or patches back to their generator, source patch, tiles and URIs."""
     import contextlib
@@ -194,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("--file", help="file of ids, one per line")
     lineage.add_argument("--json", action="store_true", help="JSON: one object, or a list for several ids")
     lineage.add_argument("--no-runs", action="store_true", help="skip the Dagster run ids (no instance lookup)")
+    regen = sub.add_parser("regenerate", help="rebuild a synthetic image from its seed and check it byte for byte")
+    regen.add_argument("image_id", help="e.g. uncond_0003_00012 or cond_N36E027_00012")
+    regen.add_argument("--out", help="also write the rebuilt PNG here")
+    regen.add_argument("--tracking-uri", help="MLflow tracking URI (default: the project's store)")
     ui = sub.add_parser("ui", help="start the Dagster UI on the project's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
@@ -211,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_label(args)
     if args.command == "lineage":
         return cmd_lineage(args)
+    if args.command == "regenerate":
+        return cmd_regenerate(args)
     return cmd_ui(args)
 
 

@@ -39,7 +39,7 @@ PATCH_COLUMNS = ("patch_id", "s2_tile", "wc_tile", "row", "col", "x_off", "y_off
                  "wc_x_off", "wc_y_off", "lon_min", "lat_min", "lon_max", "lat_max", "s2_uri", "wc_uri",
                  "image_path", "mask_path", "image_sha256", "mask_sha256", "normalization")
 IMAGE_COLUMNS = ("image_id", "origin", "shard", "index", "seed", "truncation_psi", "model_name", "model_version",
-                 "mlflow_run_id", "conditioning_patch_id", "variant", "batch", "batch_size", "device", "precision",
+                 "mlflow_run_id", "conditioning_patch_id", "variant", "batch_start", "batch_size", "device", "precision",
                  "resolution", "image_path", "mask_path", "content_sha256", "dagster_run_id")
 LABEL_COLUMNS = ("image_id", "mask_path", "mask_sha256", "model_name", "model_version")
 CAPTION_COLUMNS = ("caption_id", "image_id", "origin", "mode", "caption_index", "backend", "model", "prompt_hash",

@@ -1,0 +1,82 @@
+"""Rebuild one synthetic image byte for byte from its manifest row: the same registered
+generator version, seeds of its whole batch, truncation psi, device and precision."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from aras_assets.generation.data import GenerationError
+from aras_assets.generation.sampling import MANIFEST, generate_cond, generate_uncond, png_bytes, read_parts, runtime_for
+from aras_assets.generation.sampling import Partition as SyntheticPartition
+from aras_assets.generation.training import load_generator
+from aras_assets.operations.lineage import COND, LineageError, parse_image_id
+from aras_assets.segmentation.data import read_mask
+from aras_assets.segmentation.registry import ModelVersionRef, download_checkpoint
+
+
+@dataclass(frozen=True)
+class Regenerated:
+    image_id: str
+    data: bytes
+    expected_sha256: str
+    stored_path: Path
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def identical(self) -> bool:
+        return self.sha256 == self.expected_sha256
+
+
+def manifest_row(root: Path, image_id: str) -> tuple[dict, pl.DataFrame]:
+    """The image's row and the rows of the batch it was generated in (by index)."""
+    try:
+        ref = parse_image_id(image_id)
+    except LineageError as exc:
+        raise GenerationError(str(exc)) from exc
+    if ref.origin not in ("uncond", COND):
+        raise GenerationError(f"{image_id} is a real patch, not a synthetic image")
+    partition = SyntheticPartition(root, f"synthetic/{ref.origin}/{ref.partition}")
+    path = partition.folder / MANIFEST
+    rows = pl.read_parquet(path) if path.exists() else read_parts(partition)
+    if rows.is_empty():
+        raise GenerationError(f"no manifest for {image_id}: {path} is missing; materialize "
+                              f"{ref.origin}_images[{ref.partition}] first")
+    row = rows.filter(pl.col("image_id") == image_id)
+    if row.is_empty():
+        raise GenerationError(f"{image_id} is not in {path}")
+    record = row.row(0, named=True)
+    batch = rows.filter(pl.col("batch_start") == record["batch_start"]).sort("index")
+    if batch.height != record["batch_size"]:
+        raise GenerationError(f"{path} holds {batch.height} of the {record['batch_size']} images of {image_id}'s batch; "
+                              "its neighbours are needed to replay it")
+    return record, batch
+
+
+def regenerate(root: Path, tracking_uri: str, image_id: str) -> Regenerated:
+    record, batch = manifest_row(root, image_id)
+    ref = ModelVersionRef(record["model_name"], record["model_version"], record["mlflow_run_id"])
+    runtime = runtime_for(record["device"], record["precision"])
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            checkpoint = download_checkpoint(tracking_uri, ref, Path(scratch))
+        except Exception as exc:
+            raise GenerationError(f"{ref} (which made {image_id}) cannot be fetched from {tracking_uri}: {exc}") from exc
+        generator, _ = load_generator(checkpoint, record["origin"])
+    generator = runtime.prepare(generator)
+    seeds = batch["seed"].to_list()
+    if record["origin"] == COND:
+        masks = np.stack([read_mask(root / p) for p in batch["mask_path"]])
+        images = generate_cond(generator, masks, seeds, runtime)
+    else:
+        images = generate_uncond(generator, seeds, float(record["truncation_psi"]), runtime)
+    position = batch["image_id"].to_list().index(image_id)
+    return Regenerated(image_id, png_bytes(images[position]), record["content_sha256"], root / record["image_path"])
