@@ -44,6 +44,15 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
         print(f"  labels:      {root / 'labels' / 'real_patch_labels'}/<tile>/{{masks,manifest.parquet}}")
         if tables.exists():
             print("\n" + tables.read_text())
+    fid = root / "eval" / "generation" / "fid.json"
+    if fid.exists():
+        import json
+
+        print(f"  synthetic:   {root / 'synthetic'}/{{uncond/<shard>,cond/<tile>}}/{{images,manifest.parquet}} "
+              "(aras regenerate <image_id> rebuilds one)")
+        for row in json.loads(fid.read_text()):
+            print(f"  FID {row['set']:>6}: {row['fid']:.4f} in {row['features']} features "
+                  f"({row['synthetic_images']} vs {row['real_images']} images; paper {row['paper_fid (Inception)']:g} Inception)")
     redundancy = root / "eval" / "captions" / "redundancy.parquet"
     if redundancy.exists():
         import polars as pl

@@ -12,7 +12,7 @@ import polars as pl
 from tqdm import tqdm
 
 from aras_assets.instance import ensure_dagster_home
-from aras_assets.partitions import S2_TILE_PARTITIONS
+from aras_assets.partitions import S2_TILE_PARTITIONS, gen_shard_keys, gen_shard_partitions
 from aras_assets.settings import load_settings
 from aras_assets.sources.sample_region import SAMPLE_TILES, write_sample_region
 from resources.storage import StorageResource
@@ -35,8 +35,10 @@ def _run_config(profile: str, overrides: Mapping[str, str], quiet: bool) -> dict
 
 def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None = None,
                  quiet: bool = True, say: Callable[[str], None] = print) -> PipelineSummary:
-    """Materialize every stage that exists: sample region (demo), catalog, patches, splits,
-    segmentation models of `seg_archs` with their evaluation, and labels of the real patches."""
+    """Materialize every stage: sample region (demo), catalog, patches, splits, segmentation
+    models of `seg_archs` with their evaluation, labels and captions of the real patches, both
+    GANs, the unconditional shards (labelled, captioned), the conditional images of every tile
+    (captioned), FID, and the caption evaluation over all origins."""
     home = ensure_dagster_home()
     overrides = dict(overrides or {})
     profile = overrides.pop("profile", profile)
@@ -81,6 +83,18 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
             summary.run_ids[f"real_patch_labels[{tile}]"] = execute("labels_job", tile)
     for tile in tqdm(summary.tiles, desc="real_captions", unit="tile"):
         summary.run_ids[f"real_captions[{tile}]"] = execute("captions_job", tile)
+    if settings.seg_archs:  # the GANs' FID and the synthetic labels need a segmentation model
+        say("uncond_gan + cond_gan ...")
+        summary.run_ids["gans"] = execute("gan_training_job")
+        shards = [k for k in gen_shard_keys(settings.gen_shards) if k in gen_shard_partitions.get_partition_keys()]
+        for shard in tqdm(shards, desc="uncond_images + labels + captions", unit="shard"):
+            summary.run_ids[f"uncond_images[{shard}]"] = execute("uncond_generation_job", shard)
+            summary.run_ids[f"uncond_captions[{shard}]"] = execute("uncond_captions_job", shard)
+        for tile in tqdm(summary.tiles, desc="cond_images + captions", unit="tile"):
+            summary.run_ids[f"cond_images[{tile}]"] = execute("cond_generation_job", tile)
+            summary.run_ids[f"cond_captions[{tile}]"] = execute("cond_captions_job", tile)
+        say("gan_fid ...")
+        summary.run_ids["gan_fid"] = execute("fid_job")
     say("caption_eval ...")
     summary.run_ids["caption_eval"] = execute("caption_eval_job")
     return summary

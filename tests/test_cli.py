@@ -47,7 +47,8 @@ def test_dagster_cli_validates_and_materializes(cli_env, tmp_path):
 
 @pytest.mark.slow
 def test_aras_demo_end_to_end(cli_env, tmp_path):
-    env = {**cli_env, "ARAS_SAMPLE_TILE_PX": "1024", "ARAS_SEG_EPOCHS": "1"}
+    env = {**cli_env, "ARAS_SAMPLE_TILE_PX": "1024", "ARAS_SEG_EPOCHS": "1", "ARAS_GAN_STEPS": "8",
+           "ARAS_COND_STEPS": "8", "ARAS_GEN_SHARDS": "2", "ARAS_GEN_SHARD_SIZE": "6", "ARAS_COND_IMAGES_PER_MASK": "1"}
     env.pop("ARAS_TILE_SOURCE")  # the demo writes and uses its own sample region
     proc = run([str(BIN / "aras"), "demo"], env)
     assert "Done: 4 tiles" in proc.stdout and "segmentation: pan, fpn" in proc.stdout and "dagster dev" in proc.stdout
@@ -59,9 +60,23 @@ def test_aras_demo_end_to_end(cli_env, tmp_path):
     assert table.height == manifests.height > 40
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         for key in ("tile_catalog", "real_patches", "splits", "segmentation_model", "segmentation_eval",
-                    "real_patch_labels", "real_compositions", "real_captions", "caption_eval"):
+                    "real_patch_labels", "real_compositions", "real_captions", "caption_eval", "uncond_gan", "cond_gan",
+                    "uncond_images", "uncond_labels", "uncond_compositions", "uncond_captions", "cond_images",
+                    "cond_compositions", "cond_captions", "gan_fid"):
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None
     labelled = pl.concat([pl.read_parquet(p) for p in (data / "labels" / "real_patch_labels").glob("*/manifest.parquet")])
     assert labelled.height == manifests.height
     captions = pl.concat([pl.read_parquet(p) for p in (data / "captions" / "real").glob("*/captions.parquet")])
     assert captions.height == manifests.height * 15 and (data / "eval" / "captions" / "redundancy.parquet").exists()
+    # synthetic images: two shards, every training patch conditioned once, all labelled and captioned
+    uncond = pl.concat([pl.read_parquet(p) for p in sorted((data / "synthetic" / "uncond").glob("*/manifest.parquet"))])
+    assert sorted(uncond["shard"].unique()) == ["0000", "0001"] and uncond.height == 12
+    cond = pl.concat([pl.read_parquet(p) for p in sorted((data / "synthetic" / "cond").glob("*/manifest.parquet"))])
+    assert cond.height == table.filter(pl.col("split") == "train").height
+    for origin, count in (("uncond", 12), ("cond", cond.height)):
+        found = pl.concat([pl.read_parquet(p) for p in (data / "captions" / origin).glob("*/captions.parquet")])
+        assert found.height == count * 15
+    assert "FID uncond" in proc.stdout and "FID   cond" in proc.stdout
+    image_id = uncond["image_id"][3]
+    regen = run([str(BIN / "aras"), "regenerate", image_id], env)
+    assert "byte-identical" in regen.stdout

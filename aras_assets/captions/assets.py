@@ -1,5 +1,9 @@
-"""Caption assets for real patches: real_compositions and real_captions per s2_tile, and
-caption_eval over everything captioned. Thin wiring only."""
+"""Caption assets per image origin: compositions and captions of real patches (per s2_tile),
+unconditional images (per gen_shard, from the labeler's masks) and conditional images (per
+s2_tile, from their conditioning masks), and caption_eval over everything captioned."""
+
+from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -15,8 +19,9 @@ from aras_assets.captions.evaluation import (
     redundancy_table,
 )
 from aras_assets.captions.prompts import PromptTemplateError, prompt_templates
+from aras_assets.generation.assets import cond_images, uncond_labels
 from aras_assets.landcover import CLASS_NAMES
-from aras_assets.partitions import s2_tile_partitions
+from aras_assets.partitions import gen_shard_partitions, s2_tile_partitions
 from aras_assets.previews import markdown_table
 from aras_assets.segmentation.data import read_mask
 from aras_assets.settings import SettingsResource
@@ -26,34 +31,77 @@ from resources.captioner import CaptionBackendError, CaptionerResource, Sampling
 from resources.clip import ClipResource, ClipWeightsError
 
 CAPTION_ERRORS = (CaptionError, CompositionError, PromptTemplateError, CaptionBackendError, ClipWeightsError)
-REAL = "real"
+REAL, UNCOND, COND = "real", "uncond", "cond"
 
 
-@dg.asset(group_name="captions", code_version="1", kinds={"parquet"}, partitions_def=s2_tile_partitions,
-          deps=[real_patches])
-def real_compositions(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-    """Class percentages and spatial layout (where each class lies, fragmentation, borders,
-    river or lake) of every real patch of a tile, from its label mask."""
-    tile = context.partition_key
-    with bad_input_as_failure(*CAPTION_ERRORS):
-        manifest = read_tile_manifest(storage, tile, ["patch_id", "image_path", "mask_path"])
-        rows = []
-        for pid, mask_path in zip(manifest["patch_id"], manifest["mask_path"], strict=True):
-            comp = compute_composition(read_mask(storage.path(mask_path)))
-            rows.append({"image_id": pid, "origin": REAL, "mask_path": mask_path,
-                         **dict(zip(SHARE_COLUMNS, comp.percents, strict=True)), "layout_json": comp.to_json(),
-                         "dominant": comp.dominant.name})
-        frame = pl.DataFrame(rows, schema={"image_id": pl.String, "origin": pl.String, "mask_path": pl.String,
-                                           **{c: pl.Float64 for c in SHARE_COLUMNS}, "layout_json": pl.String,
-                                           "dominant": pl.String})
-        out = storage.writable_dir("compositions", REAL) / f"{tile}.parquet"
-        storage.write_parquet(frame, out)
-    return dg.MaterializeResult(metadata={
-        "images": frame.height, "path": dg.MetadataValue.path(str(out)),
-        "dominant_classes": dg.MetadataValue.json(dict(frame["dominant"].value_counts().iter_rows())),
-        "mean_percent": dg.MetadataValue.json({n: round(float(frame[c].mean() or 0), 2)
-                                               for n, c in zip(CLASS_NAMES, SHARE_COLUMNS, strict=True)}),
-    })
+# Each image origin gives, per partition, its images' masks (image_id, mask_path) and files
+# (image_id, image_path, absolute); paths in manifests are relative to the data root.
+MasksFor = Callable[[StorageResource, str], pl.DataFrame]
+ImagesFor = Callable[[StorageResource, str], pl.DataFrame]
+
+
+def _read(path: Path, columns: list[str], missing: str) -> pl.DataFrame:
+    if not path.exists():
+        raise CaptionError(missing)
+    return pl.read_parquet(path, columns=columns)
+
+
+def real_masks(storage: StorageResource, tile: str) -> pl.DataFrame:
+    return read_tile_manifest(storage, tile, ["patch_id", "mask_path"]).rename({"patch_id": "image_id"})
+
+
+def real_images(storage: StorageResource, tile: str) -> pl.DataFrame:
+    return read_tile_manifest(storage, tile, ["patch_id", "image_path"]).rename({"patch_id": "image_id"})
+
+
+def uncond_masks(storage: StorageResource, shard: str) -> pl.DataFrame:
+    """The labeler's pseudo-labels of the shard's images."""
+    return _read(storage.path("labels", "uncond_labels", shard, "manifest.parquet"), ["image_id", "mask_path"],
+                 f"shard {shard} has no labels: materialize uncond_labels[{shard}] first")
+
+
+def synthetic_images(origin: str) -> ImagesFor:
+    def images(storage: StorageResource, partition: str) -> pl.DataFrame:
+        return _read(storage.path("synthetic", origin, partition, "manifest.parquet"), ["image_id", "image_path"],
+                     f"no {origin} images in {partition}: materialize {origin}_images[{partition}] first")
+    return images
+
+
+def cond_masks(storage: StorageResource, tile: str) -> pl.DataFrame:
+    """The conditioning masks (each conditional image's label)."""
+    return _read(storage.path("synthetic", COND, tile, "manifest.parquet"), ["image_id", "mask_path"],
+                 f"no conditional images in {tile}: materialize cond_images[{tile}] first")
+
+
+def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.PartitionsDefinition,
+                       deps: list) -> dg.AssetsDefinition:
+    @dg.asset(name=f"{origin}_compositions", group_name="captions", code_version="1", kinds={"parquet"},
+              partitions_def=partitions_def, deps=deps)
+    def _compositions(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+        partition = context.partition_key
+        with bad_input_as_failure(*CAPTION_ERRORS):
+            masks = masks_for(storage, partition)
+            rows = []
+            for image_id, mask_path in masks.select("image_id", "mask_path").iter_rows():
+                comp = compute_composition(read_mask(storage.path(mask_path)))
+                rows.append({"image_id": image_id, "origin": origin, "mask_path": mask_path,
+                             **dict(zip(SHARE_COLUMNS, comp.percents, strict=True)), "layout_json": comp.to_json(),
+                             "dominant": comp.dominant.name})
+            frame = pl.DataFrame(rows, schema={"image_id": pl.String, "origin": pl.String, "mask_path": pl.String,
+                                               **{c: pl.Float64 for c in SHARE_COLUMNS}, "layout_json": pl.String,
+                                               "dominant": pl.String})
+            out = storage.writable_dir("compositions", origin) / f"{partition}.parquet"
+            storage.write_parquet(frame, out)
+        return dg.MaterializeResult(metadata={
+            "images": frame.height, "path": dg.MetadataValue.path(str(out)),
+            "dominant_classes": dg.MetadataValue.json(dict(frame["dominant"].value_counts().iter_rows())),
+            "mean_percent": dg.MetadataValue.json({n: round(float(frame[c].mean() or 0), 2)
+                                                   for n, c in zip(CLASS_NAMES, SHARE_COLUMNS, strict=True)}),
+        })
+
+    _compositions.__doc__ = (f"Class percentages and spatial layout (where each class lies, fragmentation, borders, "
+                             f"river or lake) of every {origin} image of a partition, from its mask.")
+    return _compositions
 
 
 def caption_job(settings: SettingsResource, captioner: CaptionerResource) -> CaptionJob:
@@ -64,49 +112,63 @@ def caption_job(settings: SettingsResource, captioner: CaptionerResource) -> Cap
                       captioner.model_label, captioner.client(), sampling)
 
 
-@dg.asset(group_name="captions", code_version="1", kinds={"parquet"}, partitions_def=s2_tile_partitions,
-          deps=[real_compositions])
-def real_captions(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
+def captions_asset(origin: str, images_for: ImagesFor, compositions: dg.AssetsDefinition,
+                   partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(name=f"{origin}_captions", group_name="captions", code_version="1", kinds={"parquet"},
+              partitions_def=partitions_def, deps=[compositions],
+              description=f"Captions per {origin} image per mode (five each by default) from the configured captioner "
+                          "(offline by default). Resumable: a re-run captions only the images not yet done.")
+    def _captions(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                   captioner: CaptionerResource) -> dg.MaterializeResult:
-    """Captions per real patch per mode (five each by default) from the configured captioner
-    (offline by default). Resumable: a re-run captions only the patches not yet done."""
-    tile = context.partition_key
-    s = settings.get()
-    with bad_input_as_failure(*CAPTION_ERRORS):
-        comp_path = storage.path("compositions", REAL, f"{tile}.parquet")
-        if not comp_path.exists():
-            raise CaptionError(f"no compositions for tile {tile}: materialize real_compositions[{tile}] first")
-        manifest = read_tile_manifest(storage, tile, ["patch_id", "image_path"])
-        images = manifest.select(pl.col("patch_id").alias("image_id"),
-                                 (pl.lit(f"{storage.root_path}/") + pl.col("image_path")).alias("image_path")) \
-            .join(pl.read_parquet(comp_path).drop("origin", "mask_path"), on="image_id", how="left")
-        job = caption_job(settings, captioner)
-        folder = storage.writable_dir("captions", REAL, tile)
+        partition = context.partition_key
+        s = settings.get()
+        with bad_input_as_failure(*CAPTION_ERRORS):
+            comp_path = storage.path("compositions", origin, f"{partition}.parquet")
+            if not comp_path.exists():
+                raise CaptionError(f"no compositions for {origin} {partition}: materialize "
+                                   f"{origin}_compositions[{partition}] first")
+            images = images_for(storage, partition).select(
+                "image_id", (pl.lit(f"{storage.root_path}/") + pl.col("image_path")).alias("image_path")) \
+                .join(pl.read_parquet(comp_path).drop("origin", "mask_path"), on="image_id", how="left")
+            job = caption_job(settings, captioner)
+            folder = storage.writable_dir("captions", origin, partition)
 
-        def progress(done: int, total: int) -> None:
-            context.log.info(f"{tile}: {done}/{total} images captioned")
+            def progress(done: int, total: int) -> None:
+                context.log.info(f"{origin} {partition}: {done}/{total} images captioned")
 
-        captions, new = caption_partition(images, REAL, job, folder, s.caption_batch_size, progress)
-    context.log.info(f"{tile}: {captions.height} captions, {new} images captioned now, "
-                     f"{images.height - new} were done before")
-    sample = captions.group_by("mode", maintain_order=True).head(2).select("image_id", "mode", "text").to_dicts()
-    return dg.MaterializeResult(metadata={
-        "captions": captions.height, "images": images.height, "captioned_now": new,
-        "backend": job.backend, "model": job.model, "modes": ", ".join(job.modes),
-        "unique_captions": captions["text"].n_unique(),
-        "path": dg.MetadataValue.path(str(folder / "captions.parquet")),
-        "examples": dg.MetadataValue.md(markdown_table(sample)),
-    })
+            captions, new = caption_partition(images, origin, job, folder, s.caption_batch_size, progress)
+        context.log.info(f"{origin} {partition}: {captions.height} captions, {new} images captioned now, "
+                         f"{images.height - new} were done before")
+        sample = captions.group_by("mode", maintain_order=True).head(2).select("image_id", "mode", "text").to_dicts()
+        return dg.MaterializeResult(metadata={
+            "captions": captions.height, "images": images.height, "captioned_now": new,
+            "backend": job.backend, "model": job.model, "modes": ", ".join(job.modes),
+            "unique_captions": captions["text"].n_unique(),
+            "path": dg.MetadataValue.path(str(folder / "captions.parquet")),
+            "examples": dg.MetadataValue.md(markdown_table(sample)),
+        })
+
+    return _captions
+
+
+real_compositions = compositions_asset(REAL, real_masks, s2_tile_partitions, [real_patches])
+real_captions = captions_asset(REAL, real_images, real_compositions, s2_tile_partitions)
+uncond_compositions = compositions_asset(UNCOND, uncond_masks, gen_shard_partitions, [uncond_labels])
+uncond_captions = captions_asset(UNCOND, synthetic_images(UNCOND), uncond_compositions, gen_shard_partitions)
+cond_compositions = compositions_asset(COND, cond_masks, s2_tile_partitions, [cond_images])
+cond_captions = captions_asset(COND, synthetic_images(COND), cond_compositions, s2_tile_partitions)
+CAPTION_ASSETS = [real_captions, uncond_captions, cond_captions]
 
 
 @dg.asset(group_name="captions", code_version="1", kinds={"parquet"},
-          deps=[dg.AssetDep(real_captions, partition_mapping=dg.AllPartitionMapping())])
+          deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in CAPTION_ASSETS])
 def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, clip: ClipResource) -> dg.MaterializeResult:
     """Redundancy per origin and mode (beside the paper's Table 2), caption-mask consistency per
     mode with the contradicting captions listed, and CLIPScore when local CLIP weights are set."""
     paths = sorted(storage.path("captions").glob("*/*/captions.parquet"))
     if not paths:
-        raise dg.Failure(description="no captions yet: materialize real_captions first", allow_retries=False)
+        raise dg.Failure(description="no captions yet: materialize real_captions (or uncond_ / cond_captions) first",
+                         allow_retries=False)
     captions = pl.concat([pl.read_parquet(p) for p in paths])
     compositions = pl.concat([pl.read_parquet(p) for p in sorted(storage.path("compositions").glob("*/*.parquet"))])
     table = redundancy_table(captions)
@@ -152,8 +214,11 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
 
 def captions_clipscore(clip: ClipResource, captions: pl.DataFrame, storage: StorageResource) -> np.ndarray:
     """CLIPScore of every caption against its image, each image encoded once."""
-    manifests = sorted(storage.path("patches").glob("*/manifest.parquet"))
-    paths = dict(pl.concat([pl.read_parquet(p, columns=["patch_id", "image_path"]) for p in manifests]).iter_rows())
+    frames = [pl.read_parquet(p, columns=["patch_id", "image_path"]).rename({"patch_id": "image_id"})
+              for p in sorted(storage.path("patches").glob("*/manifest.parquet"))]
+    frames += [pl.read_parquet(p, columns=["image_id", "image_path"])
+               for p in sorted(storage.path("synthetic").glob("*/*/manifest.parquet"))]
+    paths = dict(pl.concat(frames).iter_rows()) if frames else {}
     image_ids = captions["image_id"].unique(maintain_order=True).to_list()
     lost = [i for i in image_ids if i not in paths]
     if lost:
@@ -167,10 +232,17 @@ def _rounded(frame: pl.DataFrame) -> list[dict]:
     return [{k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()} for row in frame.to_dicts()]
 
 
-ASSETS = [real_compositions, real_captions, caption_eval]
+ASSETS = [real_compositions, real_captions, uncond_compositions, uncond_captions, cond_compositions, cond_captions,
+          caption_eval]
 captions_job = dg.define_asset_job("captions_job", selection=[real_compositions, real_captions],
                                    partitions_def=s2_tile_partitions,
                                    description="Compositions and captions of one tile's real patches.")
+uncond_captions_job = dg.define_asset_job(
+    "uncond_captions_job", selection=[uncond_compositions, uncond_captions], partitions_def=gen_shard_partitions,
+    description="Compositions (from the labeler's masks) and captions of one shard of unconditional images.")
+cond_captions_job = dg.define_asset_job(
+    "cond_captions_job", selection=[cond_compositions, cond_captions], partitions_def=s2_tile_partitions,
+    description="Compositions (from the conditioning masks) and captions of one tile's conditional images.")
 caption_eval_job = dg.define_asset_job("caption_eval_job", selection=[caption_eval],
                                        description="Redundancy, consistency and CLIPScore of all captions.")
-JOBS = [captions_job, caption_eval_job]
+JOBS = [captions_job, uncond_captions_job, cond_captions_job, caption_eval_job]

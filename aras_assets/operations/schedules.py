@@ -4,7 +4,8 @@ Each partitioned asset named in the `backfill_assets` setting gets a schedule (`
 cron `backfill_cron`, stopped until turned on) that requests at most `backfill_max_partitions`
 partitions per tick: missing ones first, then those Dagster reports stale (new code version or
 new upstream data). A run key names the asset, the partition and the version the run brings it
-to, so no tick repeats work already requested by an earlier tick or in flight.
+to, so no tick repeats work already requested by an earlier tick or in flight. A name that matches
+no asset gets a schedule whose ticks skip and say so; an unpartitioned asset fails the load.
 
 The `new_tile_sensor` watches the `tile_source` folder: tiles that are not yet `s2_tile`
 partitions are added, the tile catalog is rebuilt when it lacks them, and `real_patches` is
@@ -211,7 +212,8 @@ def plan_new_tiles(folder_tiles: Collection[str], registered: Collection[str], c
                    pending: Collection[str]) -> TilePlan:
     """New tiles (in the folder, not yet partitions) are added once; each new tile's patches are
     requested as soon as the catalog lists it (real_patches reads the tile's row there).
-    `pending` are new tiles of earlier ticks still waiting for the catalog."""
+    `pending` are new tiles of earlier ticks still waiting for the catalog. Tiles registered some
+    other way (tile_catalog itself) are not new here: the backfill schedule covers their patches."""
     folder = set(folder_tiles)
     add = sorted(folder - set(registered))
     new = (set(pending) | set(add)) & folder  # a tile removed from the folder is dropped
