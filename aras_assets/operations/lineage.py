@@ -392,7 +392,7 @@ def format_trace(record: dict[str, Any]) -> str:
         lines += [f"{pad}image {image['image_id']}  [{image['origin']}, shard {image['shard']}, #{image['index']}]",
                   f"{pad}  generator:  {gen['model_name']} v{gen['model_version']} (MLflow run {gen['mlflow_run_id']})",
                   f"{pad}  sampling:   seed {image['seed']}, truncation psi {image['truncation_psi']}, variant "
-                  f"{image['variant']}, batch {image['batch']} of {image['batch_size']}",
+                  f"{image['variant']}, batch of {image['batch_size']} from index {image['batch_start']}",
                   f"{pad}  produced:   {image['device']}/{image['precision']}, {image['resolution']} px, "
                   f"Dagster run {image['dagster_run_id']}",
                   f"{pad}  file:       {image['image_path']} (sha256 {image['content_sha256']})"]
