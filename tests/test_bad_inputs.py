@@ -17,7 +17,6 @@ import numpy as np
 import polars as pl
 import pytest
 import rasterio
-from conftest import make_resources
 from polars.testing import assert_frame_equal
 from rasterio.transform import from_origin
 
@@ -31,6 +30,7 @@ from aras_assets.sources.patches import PatchOptions, TileResult, TileSource, ex
 from aras_assets.sources.rasters import S2_KIND, WC_KIND, TileError, open_raster
 from aras_assets.sources.sample_region import wc_offset, write_s2_tile, write_wc_tile
 from resources.storage import StorageError, StorageResource
+from tests.conftest import make_resources
 
 ASSETS = [tile_catalog, real_patches, splits]
 # Two S2 tiles in WorldCover tile N36E027 and one in N36E030, like the sample region's layout.
