@@ -33,3 +33,32 @@ def parse_patch_id(value: str) -> PatchId:
     if not m:
         raise ValueError(f"{value!r} is not a patch id like N36E027_012_034")
     return PatchId(m.group(1), int(m.group(2)), int(m.group(3)))
+
+
+SYNTHETIC_ORIGINS = ("uncond", "cond")
+_TILE = r"[NS]\d{2}[EW]\d{3}"
+_SYNTHETIC_RE = {"uncond": re.compile(r"^uncond_(\d{4,})_(\d{5,})$"), "cond": re.compile(rf"^cond_({_TILE})_(\d{{5,}})$")}
+
+
+@dataclass(frozen=True)
+class SyntheticId:
+    """A synthetic image: its origin, the partition holding its record (gen shard for uncond,
+    s2 tile for cond) and its index there."""
+
+    origin: str
+    shard: str
+    index: int
+
+    def __str__(self) -> str:
+        return synthetic_id(self.origin, self.shard, self.index)
+
+
+def synthetic_id(origin: str, shard: str, index: int) -> str:
+    return f"{origin}_{shard}_{index:05d}"
+
+
+def parse_synthetic_id(value: str) -> SyntheticId:
+    for origin, pattern in _SYNTHETIC_RE.items():
+        if m := pattern.match(value):
+            return SyntheticId(origin, m.group(1), int(m.group(2)))
+    raise ValueError(f"{value!r} is not a synthetic image id like uncond_0003_00012 or cond_N36E027_00012")

@@ -35,6 +35,8 @@ import numpy as np
 import polars as pl
 from common import log, peak_rss_kib  # bench/common.py, beside this script
 
+from aras_assets.generation.manifest import SYNTHETIC_SCHEMA
+
 PATCHES = 100_000
 TILES = [f"N{lat}E{lon:03d}" for lat in range(36, 42) for lon in range(27, 35)]  # 48 one-degree S2 tiles
 GRID = 46  # 256-px patches per side of a 12000-px tile
@@ -129,7 +131,7 @@ def build_synthetic(root: Path, patches: pl.DataFrame, rng: np.random.Generator)
         pl.format("aras-gan-{}", "origin").alias("model_name"),
         pl.when(pl.col("origin") == "uncond").then(pl.lit("4")).otherwise(pl.lit("2")).alias("model_version"),
         pl.format("{}{}", pl.lit("f3c1d2"), "origin").alias("mlflow_run_id"),
-        pl.lit(0, pl.Int32).alias("variant"), (pl.col("index") // 64).cast(pl.Int32).alias("batch_start"),
+        pl.lit(0, pl.Int32).alias("variant"), (pl.col("index") // 64 * 64).cast(pl.Int32).alias("batch_start"),
         pl.lit(64, pl.Int32).alias("batch_size"), pl.lit("cuda").alias("device"), pl.lit("bf16").alias("precision"),
         pl.lit(256, pl.Int32).alias("resolution"),
         pl.format("synthetic/{}/{}/images/{}.png", "origin", "shard", "image_id").alias("image_path"),
@@ -137,10 +139,7 @@ def build_synthetic(root: Path, patches: pl.DataFrame, rng: np.random.Generator)
         .otherwise(None).alias("mask_path"),
         pl.Series("content_sha256", hex_digests(rng, n)),
         pl.format("9b8e7f6a-{}-{}", "origin", "shard").alias("dagster_run_id"))
-    columns = ["image_id", "origin", "shard", "index", "seed", "truncation_psi", "model_name", "model_version", "mlflow_run_id",
-               "conditioning_patch_id", "variant", "batch_start", "batch_size", "device", "precision", "resolution", "image_path",
-               "mask_path", "content_sha256", "dagster_run_id"]
-    frame = frame.select(columns)
+    frame = frame.select(list(SYNTHETIC_SCHEMA))
     for origin in ("uncond", "cond"):
         write_partitions(frame.filter(pl.col("origin") == origin), "shard", f"{root}/synthetic/{origin}/{{key}}/manifest.parquet")
     labels = frame.head(n_uncond).select(

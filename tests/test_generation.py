@@ -23,10 +23,9 @@ from aras_assets.generation.augment import POLICIES, cutout, diff_augment, trans
 from aras_assets.generation.data import GenerationError, to_uint8
 from aras_assets.generation.fid import FeatureStats, FidError, feature_stats, fid_from_stats, frechet_distance
 from aras_assets.generation.layers import modulated_conv2d, modulated_conv2d_grouped
+from aras_assets.generation.manifest import MANIFEST, PARTS
 from aras_assets.generation.perceptual import PerceptualLoss, load_vgg_loss
 from aras_assets.generation.sampling import (
-    MANIFEST,
-    PARTS,
     GeneratorRun,
     Partition,
     generate_cond,

@@ -13,6 +13,7 @@ import pytest
 
 from aras_assets.captions.captioning import CAPTION_SCHEMA
 from aras_assets.cli import main
+from aras_assets.generation.manifest import SYNTHETIC_SCHEMA
 from aras_assets.operations.checks import CHECKS, lineage_complete
 from aras_assets.operations.lineage import LineageError, broken_chains, format_trace, trace, trace_many
 from aras_assets.segmentation.labeler import LABEL_COUNT_COLUMNS, LABEL_SCHEMA
@@ -22,13 +23,6 @@ from resources import MlflowResource, StorageResource
 DEG = 12000  # pixels per degree on the S2 / WorldCover grid
 S2_URI = "s3://esa-worldcover-s2/rgbnir/2021/N36/ESA_WorldCover_10m_2021_v200_N36E027_S2RGBNIR.tif"
 WC_URI = "s3://esa-worldcover/v200/2021/map/ESA_WorldCover_10m_2021_v200_N36E027_Map.tif"
-IMAGE_SCHEMA = {
-    "image_id": pl.String, "origin": pl.String, "shard": pl.String, "index": pl.Int32, "seed": pl.Int64,
-    "truncation_psi": pl.Float64, "model_name": pl.String, "model_version": pl.String, "mlflow_run_id": pl.String,
-    "conditioning_patch_id": pl.String, "variant": pl.Int32, "batch_start": pl.Int32, "batch_size": pl.Int32,
-    "device": pl.String, "precision": pl.String, "resolution": pl.Int32, "image_path": pl.String,
-    "mask_path": pl.String, "content_sha256": pl.String, "dagster_run_id": pl.String,
-}
 # Registered versions the hand-made manifests name.
 REGISTERED = {"aras-gan-uncond": {"1", "2"}, "aras-gan-cond": {"1"}, "aras-segmentation-pan": {"1", "2", "3"}}
 
@@ -79,10 +73,10 @@ def build_dataset(root: Path) -> Path:
     write([patch_row("N36E027", r, c) for r, c in ((0, 0), (0, 1), (1, 0))], MANIFEST_SCHEMA,
           root / "patches/N36E027/manifest.parquet")
     write([patch_row("N38E029", 2, 3)], MANIFEST_SCHEMA, root / "patches/N38E029/manifest.parquet")
-    write([image_row("uncond", "0000", i, "2") for i in range(2)], IMAGE_SCHEMA,
+    write([image_row("uncond", "0000", i, "2") for i in range(2)], SYNTHETIC_SCHEMA,
           root / "synthetic/uncond/0000/manifest.parquet")
-    write([image_row("uncond", "0001", 0, "1")], IMAGE_SCHEMA, root / "synthetic/uncond/0001/manifest.parquet")
-    write([image_row("cond", "N36E027", 0, "1", "N36E027_000_001")], IMAGE_SCHEMA,
+    write([image_row("uncond", "0001", 0, "1")], SYNTHETIC_SCHEMA, root / "synthetic/uncond/0001/manifest.parquet")
+    write([image_row("cond", "N36E027", 0, "1", "N36E027_000_001")], SYNTHETIC_SCHEMA,
           root / "synthetic/cond/N36E027/manifest.parquet")
     labels = [{"image_id": f"uncond_0000_{i:05d}", "image_path": f"synthetic/uncond/0000/images/uncond_0000_{i:05d}.png",
                "mask_path": f"labels/uncond_labels/0000/masks/uncond_0000_{i:05d}.png",
@@ -199,7 +193,7 @@ def test_malformed_ids(root: Path, record_id: str) -> None:
 
 def test_broken_link_in_the_middle(root: Path) -> None:
     # The caption is there but its image's manifest row is gone.
-    write([image_row("uncond", "0000", 0, "2")], IMAGE_SCHEMA, root / "synthetic/uncond/0000/manifest.parquet")
+    write([image_row("uncond", "0000", 0, "2")], SYNTHETIC_SCHEMA, root / "synthetic/uncond/0000/manifest.parquet")
     with pytest.raises(LineageError, match=r"image uncond_0000_00001 \(of caption uncond_0000_00001_text_0\) not found"):
         trace(root, "uncond_0000_00001_text_0")
 
@@ -298,9 +292,9 @@ def test_completeness_on_a_complete_dataset(root: Path) -> None:
 def test_completeness_finds_broken_chains(root: Path) -> None:
     # A caption whose image is gone, a conditional image whose conditioning patch is gone,
     # an image of an unregistered generator version and a mask of an unregistered labeler.
-    write([image_row("uncond", "0000", 0, "2")], IMAGE_SCHEMA, root / "synthetic/uncond/0000/manifest.parquet")
+    write([image_row("uncond", "0000", 0, "2")], SYNTHETIC_SCHEMA, root / "synthetic/uncond/0000/manifest.parquet")
     write([patch_row("N36E027", 0, 0), patch_row("N36E027", 1, 0)], MANIFEST_SCHEMA, root / "patches/N36E027/manifest.parquet")
-    write([image_row("uncond", "0001", 0, "9")], IMAGE_SCHEMA, root / "synthetic/uncond/0001/manifest.parquet")
+    write([image_row("uncond", "0001", 0, "9")], SYNTHETIC_SCHEMA, root / "synthetic/uncond/0001/manifest.parquet")
     audit = broken_chains(root, FakeMlflow({**REGISTERED, "aras-segmentation-pan": {"1"}}), examples=2)
     broken = audit["broken"]
     # Captions of the missing image (6) and of the missing real patch N36E027_000_001 (6), and the
@@ -335,7 +329,7 @@ def test_lineage_check_through_dagster(root: Path, tmp_path: Path) -> None:
         for _ in versions:
             client.create_model_version(name, source=(tmp_path / "model").as_uri())
     # Break one chain: drop the second unconditional image of shard 0000.
-    write([image_row("uncond", "0000", 0, "2")], IMAGE_SCHEMA, root / "synthetic/uncond/0000/manifest.parquet")
+    write([image_row("uncond", "0000", 0, "2")], SYNTHETIC_SCHEMA, root / "synthetic/uncond/0000/manifest.parquet")
 
     @dg.asset(name="caption_eval")
     def stub_caption_eval() -> None:

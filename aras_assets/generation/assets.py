@@ -22,9 +22,9 @@ from aras_assets.generation.fid import (
     fid_from_stats,
     inception_feature_fn,
 )
+from aras_assets.generation.manifest import MANIFEST
 from aras_assets.generation.perceptual import load_vgg_loss
 from aras_assets.generation.sampling import (
-    MANIFEST,
     GeneratorRun,
     Partition,
     cond_plan,

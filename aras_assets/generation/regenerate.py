@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 
 from aras_assets.generation.data import GenerationError
-from aras_assets.generation.sampling import MANIFEST, generate_cond, generate_uncond, png_bytes, read_parts, runtime_for
-from aras_assets.generation.sampling import Partition as SyntheticPartition
-from aras_assets.generation.training import load_generator
-from aras_assets.operations.lineage import COND, LineageError, parse_image_id
+from aras_assets.generation.manifest import MANIFEST
+from aras_assets.generation.sampling import Partition, generate_cond, generate_uncond, png_bytes, read_parts, runtime_for
+from aras_assets.generation.training import COND, load_generator
+from aras_assets.ids import parse_synthetic_id
 from aras_assets.segmentation.data import read_mask
 from aras_assets.segmentation.registry import ModelVersionRef, download_checkpoint
 
@@ -39,17 +39,15 @@ class Regenerated:
 def manifest_row(root: Path, image_id: str) -> tuple[dict, pl.DataFrame]:
     """The image's row and the rows of the batch it was generated in (by index)."""
     try:
-        ref = parse_image_id(image_id)
-    except LineageError as exc:
+        ref = parse_synthetic_id(image_id)
+    except ValueError as exc:
         raise GenerationError(str(exc)) from exc
-    if ref.origin not in ("uncond", COND):
-        raise GenerationError(f"{image_id} is a real patch, not a synthetic image")
-    partition = SyntheticPartition(root, f"synthetic/{ref.origin}/{ref.partition}")
+    partition = Partition(root, f"synthetic/{ref.origin}/{ref.shard}")
     path = partition.folder / MANIFEST
     rows = pl.read_parquet(path) if path.exists() else read_parts(partition)
     if rows.is_empty():
         raise GenerationError(f"no manifest for {image_id}: {path} is missing; materialize "
-                              f"{ref.origin}_images[{ref.partition}] first")
+                              f"{ref.origin}_images[{ref.shard}] first")
     row = rows.filter(pl.col("image_id") == image_id)
     if row.is_empty():
         raise GenerationError(f"{image_id} is not in {path}")

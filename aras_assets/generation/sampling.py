@@ -17,24 +17,14 @@ import torch
 from PIL import Image
 
 from aras_assets.generation.data import GenerationError, to_uint8
+from aras_assets.generation.manifest import MANIFEST, PARTS, SYNTHETIC_SCHEMA
 from aras_assets.generation.spade import SpadeGenerator
 from aras_assets.generation.stylegan import StyleGenerator
+from aras_assets.ids import synthetic_id
 from resources.device import TorchRuntime
 from resources.storage import atomic_write_bytes, write_parquet_atomic
 
-PARTS = "parts"
-MANIFEST = "manifest.parquet"
-SYNTHETIC_SCHEMA = {
-    "image_id": pl.String, "origin": pl.String, "shard": pl.String, "index": pl.Int32, "seed": pl.Int64,
-    "truncation_psi": pl.Float64, "model_name": pl.String, "model_version": pl.String, "mlflow_run_id": pl.String,
-    "conditioning_patch_id": pl.String, "variant": pl.Int32, "batch_start": pl.Int32, "batch_size": pl.Int32,
-    "device": pl.String, "precision": pl.String, "resolution": pl.Int32, "image_path": pl.String,
-    "mask_path": pl.String, "content_sha256": pl.String, "dagster_run_id": pl.String,
-}
-
-
-def synthetic_id(origin: str, shard: str, index: int) -> str:
-    return f"{origin}_{shard}_{index:05d}"
+PNG_LEVEL = 1  # fixed, not a setting: replaying an image must give the same bytes
 
 
 def image_seed(base_seed: int, origin: str, shard: str, index: int) -> int:
@@ -166,9 +156,6 @@ def generate_partition(plan: pl.DataFrame, render: Renderer, partition: Partitio
     manifest = read_parts(partition).join(order, on="image_id").sort("_order").drop("_order")
     write_parquet_atomic(manifest, partition.folder / MANIFEST)
     return manifest, todo.height
-
-
-PNG_LEVEL = 1  # fixed, not a setting: replaying an image must give the same bytes
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from aras_assets.ids import parse_patch_id
+from aras_assets.generation.manifest import SYNTHETIC_SCHEMA
+from aras_assets.ids import parse_patch_id, parse_synthetic_id
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -27,9 +28,6 @@ CAPTION_MODES = ("text", "vision", "hybrid")
 REAL, UNCOND, COND = "real", "uncond", "cond"
 SEG_MODEL_PREFIX = "aras-segmentation-"  # registry.MODEL_PREFIX, without importing torch for it
 
-_TILE = r"[NS]\d{2}[EW]\d{3}"
-_UNCOND_RE = re.compile(r"^uncond_(\d{4,})_(\d{5,})$")
-_COND_RE = re.compile(rf"^cond_({_TILE})_(\d{{5,}})$")
 _CAPTION_RE = re.compile(rf"^(.+)_({'|'.join(CAPTION_MODES)})_(\d+)$")
 _ID_EXAMPLES = "N36E027_012_034 (patch), uncond_0003_00012 or cond_N36E027_00012 (image), <image id>_text_0 (caption)"
 _FILE_COL = "_manifest_file"
@@ -38,9 +36,7 @@ _MAX_LISTED = 5
 PATCH_COLUMNS = ("patch_id", "s2_tile", "wc_tile", "row", "col", "x_off", "y_off", "width", "height",
                  "wc_x_off", "wc_y_off", "lon_min", "lat_min", "lon_max", "lat_max", "s2_uri", "wc_uri",
                  "image_path", "mask_path", "image_sha256", "mask_sha256", "normalization")
-IMAGE_COLUMNS = ("image_id", "origin", "shard", "index", "seed", "truncation_psi", "model_name", "model_version",
-                 "mlflow_run_id", "conditioning_patch_id", "variant", "batch_start", "batch_size", "device", "precision",
-                 "resolution", "image_path", "mask_path", "content_sha256", "dagster_run_id")
+IMAGE_COLUMNS = tuple(SYNTHETIC_SCHEMA)
 LABEL_COLUMNS = ("image_id", "mask_path", "mask_sha256", "model_name", "model_version")
 CAPTION_COLUMNS = ("caption_id", "image_id", "origin", "mode", "caption_index", "backend", "model", "prompt_hash",
                    "seed", "text")
@@ -74,10 +70,11 @@ def parse_image_id(value: str) -> ImageRef:
         return ImageRef(value, REAL, pid.tile)
     except ValueError:
         pass
-    if m := _UNCOND_RE.match(value):
-        return ImageRef(value, UNCOND, m.group(1))
-    if m := _COND_RE.match(value):
-        return ImageRef(value, COND, m.group(1))
+    try:
+        sid = parse_synthetic_id(value)
+        return ImageRef(value, sid.origin, sid.shard)
+    except ValueError:
+        pass
     raise LineageError(f"{value!r} is not a caption, image or patch id (expected e.g. {_ID_EXAMPLES})")
 
 
