@@ -53,7 +53,7 @@ from aras_assets.landcover import mask_to_rgb
 from aras_assets.partitions import gen_shard_partitions, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table, picture_rows
 from aras_assets.segmentation.assets import SEG_ERRORS, labeler_asset, read_training_data, segmentation_model
-from aras_assets.segmentation.data import split_records
+from aras_assets.segmentation.data import SplitError, split_records
 from aras_assets.segmentation.models import load_model
 from aras_assets.segmentation.registry import (
     ModelVersionRef,
@@ -65,7 +65,7 @@ from aras_assets.segmentation.registry import (
     start_run,
 )
 from aras_assets.settings import Settings, SettingsResource
-from aras_assets.sources.assets import bad_input_as_failure, read_tile_manifest, real_patches, splits
+from aras_assets.sources.assets import SPLITS_PATH, bad_input_as_failure, read_tile_manifest, real_patches, splits
 from resources import MlflowResource, StorageResource, TorchDeviceResource
 from resources.device import TorchRuntime
 
@@ -115,11 +115,23 @@ def image_batches(paths: list[Path], size: int, batch: int = 32):
         yield np.stack([resized_image(p, size) for p in paths[begin:begin + batch]])
 
 
-def real_stats(storage: StorageResource, records: pl.DataFrame, s: Settings, fn: Callable,
-               device: torch.device) -> FeatureStats:
-    """Features of real training patches at the generator's resolution (what the GAN learns)."""
-    paths = [storage.path(p) for p in even_rows(records, s.fid_images)["image_path"]]
-    return feature_stats(image_batches(paths, s.gan_resolution), fn, FID_FEATURE_SIZE, device)
+def image_stats(storage: StorageResource, picks: pl.DataFrame, resolution: int, fn: Callable, size: int,
+                device: torch.device) -> FeatureStats:
+    """Features of the picked images (real ones resized to the generator's resolution, which is
+    what the GAN learns from)."""
+    paths = [storage.path(p) for p in picks["image_path"]]
+    return feature_stats(image_batches(paths, resolution), fn, size, device)
+
+
+def tile_training_patches(storage: StorageResource, tile: str) -> pl.DataFrame:
+    """patch_id and mask_path of one tile's training patches, by patch id (image indices follow
+    this order, so it must not vary)."""
+    path = storage.path(*SPLITS_PATH)
+    if not path.exists():
+        raise SplitError(f"no splits at {path}: materialize splits first")
+    train = pl.scan_parquet(path).filter((pl.col("s2_tile") == tile) & (pl.col("split") == "train")) \
+        .select("patch_id").collect()
+    return read_tile_manifest(storage, tile, ["patch_id", "mask_path"]).join(train, on="patch_id").sort("patch_id")
 
 
 def gan_record(storage: StorageResource, kind: str) -> dict:
@@ -174,15 +186,17 @@ def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage
         folder = storage.writable_dir("models", "gan", kind)
         resume = plan_resume(folder, trainer, data_version, log=context.log.info)
         features, encoder_ref = encoder_features(mlflow, s.label_model)
-        reference = real_stats(storage, records, s, features, runtime.torch_device)
         fid_records = even_rows(records, s.fid_images)
-        fid_masks = np.stack([resized_mask(storage.path(p), s.gan_resolution) for p in fid_records["mask_path"]])
+        reference = image_stats(storage, fid_records, s.gan_resolution, features, FID_FEATURE_SIZE, runtime.torch_device)
+        fid_masks = np.stack([resized_mask(storage.path(p), s.gan_resolution) for p in fid_records["mask_path"]]) \
+            if kind == COND else None
 
     def fid(G: torch.nn.Module) -> float:
         """FID of the EMA generator (fixed seeds) against the training patches, encoder space."""
         G.eval()
         if kind == UNCOND:
-            batches = (sample_uncond(G, min(32, len(fid_masks) - b), runtime, b) for b in range(0, len(fid_masks), 32))
+            count = fid_records.height
+            batches = (sample_uncond(G, min(32, count - b), runtime, b) for b in range(0, count, 32))
         else:
             batches = (generate_cond(G, fid_masks[b:b + 32], range(b, b + len(fid_masks[b:b + 32])), runtime)
                        for b in range(0, len(fid_masks), 32))
@@ -277,7 +291,7 @@ def generator_run(ref: ModelVersionRef, runtime: TorchRuntime, s: Settings, cont
 
 
 def generation_metadata(manifest: pl.DataFrame, new: int, ref: ModelVersionRef, partition: Partition,
-                        storage: StorageResource, grid: bytes, alt: str) -> dict:
+                        grid: bytes, alt: str) -> dict:
     return {"images": manifest.height, "generated_now": new, "done_before": manifest.height - new,
             "model_version": str(ref), "model_uri": ref.uri, "mlflow_run_id": ref.run_id,
             "manifest": dg.MetadataValue.path(str(partition.folder / MANIFEST)),
@@ -309,7 +323,7 @@ def uncond_images(context: dg.AssetExecutionContext, settings: SettingsResource,
 
         manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
     grid = picture_rows([[resized_image(storage.path(p), s.gan_resolution) for p in manifest["image_path"][:GRID_SAMPLES]]])
-    return dg.MaterializeResult(metadata=generation_metadata(manifest, new, ref, partition, storage, grid,
+    return dg.MaterializeResult(metadata=generation_metadata(manifest, new, ref, partition, grid,
                                                              f"shard {shard} samples"))
 
 
@@ -340,8 +354,7 @@ def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, s
     with bad_input_as_failure(*GEN_ERRORS):
         G, ref = registered_generator(storage, mlflow, s, COND)
         G = runtime.prepare(G)
-        records, _ = train_records(storage)
-        tile_patches = read_tile_manifest(storage, tile, ["patch_id"]).join(records, on="patch_id")
+        tile_patches = tile_training_patches(storage, tile)
         plan = cond_plan(tile, tile_patches, s.cond_images_per_mask, s.gen_seed, generator_run(ref, runtime, s, context))
         partition = Partition(storage.root_path, f"synthetic/cond/{tile}")
 
@@ -359,7 +372,7 @@ def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, s
     grid = picture_rows([[resized_image(storage.path(p), s.gan_resolution) for p in picks["mask_path"]],
                          [resized_image(storage.path(p), s.gan_resolution) for p in picks["image_path"]]]) \
         if picks.height else b""
-    metadata = generation_metadata(manifest, new, ref, partition, storage, grid, "mask above its synthetic image") \
+    metadata = generation_metadata(manifest, new, ref, partition, grid, "mask above its synthetic image") \
         if picks.height else {"images": 0, "model_version": str(ref), "note": f"tile {tile} has no training patches"}
     return dg.MaterializeResult(metadata=metadata)
 
@@ -381,28 +394,28 @@ def gan_fid(context: dg.AssetExecutionContext, settings: SettingsResource, stora
     runtime = device.runtime(inference=True)
     rows = []
     with bad_input_as_failure(*GEN_ERRORS):
-        records, _ = train_records(storage)
-        spaces = {}
+        real_picks = even_rows(train_records(storage)[0], s.fid_images)
+        sets = {}
+        for origin in (UNCOND, COND):
+            manifest = synthetic_manifests(storage, origin)
+            if manifest.height < 2:
+                context.log.warning(f"FID of {origin}: fewer than 2 images; materialize {origin}_images first")
+            else:
+                sets[origin] = even_rows(manifest, s.fid_images)
         features, encoder_ref = encoder_features(mlflow, s.label_model)
-        spaces[f"encoder ({encoder_ref})"] = (features, FID_FEATURE_SIZE)
+        spaces = {f"encoder ({encoder_ref})": (features, FID_FEATURE_SIZE)}
         if s.fid_inception_weights:
             spaces["inception-v3 pool3"] = (inception_feature_fn(storage.resolve(s.fid_inception_weights)), 299)
+        client = mlflow.client()
         for space, (fn, size) in spaces.items():
-            paths = [storage.path(p) for p in even_rows(records, s.fid_images)["image_path"]]
-            reference = feature_stats(image_batches(paths, s.gan_resolution), fn, size, runtime.torch_device)
-            for origin in (UNCOND, COND):
-                manifest = synthetic_manifests(storage, origin)
-                if manifest.height < 2:
-                    context.log.warning(f"FID of {origin}: fewer than 2 images; materialize {origin}_images first")
-                    continue
-                picks = even_rows(manifest, s.fid_images)
-                synthetic = feature_stats(image_batches([storage.path(p) for p in picks["image_path"]], s.gan_resolution),
-                                          fn, size, runtime.torch_device)
+            reference = image_stats(storage, real_picks, s.gan_resolution, fn, size, runtime.torch_device)
+            for origin, picks in sets.items():
+                synthetic = image_stats(storage, picks, s.gan_resolution, fn, size, runtime.torch_device)
                 value = fid_from_stats(reference, synthetic)
                 rows.append({"set": origin, "features": space, "fid": round(value, 4), "real_images": reference.count,
                              "synthetic_images": synthetic.count, "paper_fid (Inception)": PAPER_FID[origin],
                              "model_version": f"{picks['model_name'][0]}/{picks['model_version'][0]}"})
-                log_metrics(mlflow.client(), picks["mlflow_run_id"][0],
+                log_metrics(client, picks["mlflow_run_id"][0],
                             {f"fid_{'encoder' if space.startswith('encoder') else 'inception'}_{origin}_set": value})
     if not rows:
         raise dg.Failure(description="no synthetic images yet: materialize uncond_images and cond_images first",
