@@ -1,7 +1,8 @@
-"""Helpers the benchmarks share: stderr progress, peak memory, and crops of the sample region."""
+"""Helpers the benchmarks share: stderr progress, the CPU's name, peak memory, and crops of the sample region."""
 
 from __future__ import annotations
 
+import platform
 import resource
 import sys
 from pathlib import Path
@@ -14,6 +15,16 @@ from aras_assets.grid import s2_filename, wc_filename
 from aras_assets.ids import PATCH_SIZE
 from aras_assets.landcover import NODATA_INDEX, label_lut
 from aras_assets.sources.sample_region import SAMPLE_TILES, wc_offset
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def log(message: str) -> None:

@@ -36,14 +36,12 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
-from common import log  # bench/common.py, beside this script
+from common import cpu_name, log  # bench/common.py, beside this script
 
 from aras_assets.generation.assets import spade_config, style_config
 from aras_assets.generation.sampling import PNG_LEVEL, generate_cond, generate_uncond, image_seed, png_bytes
@@ -200,16 +198,6 @@ def cuda_generation(G_uncond: StyleGenerator, G_cond: SpadeGenerator, seeds: lis
 
 
 # --- report ---------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

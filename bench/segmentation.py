@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from common import even_picks, log, peak_rss_kib, region_crops  # bench/common.py, beside this script
+from common import cpu_name, even_picks, log, peak_rss_kib, region_crops  # bench/common.py, beside this script
 
 from aras_assets.ids import PATCH_SIZE
 from aras_assets.landcover import mask_to_rgb
@@ -302,16 +301,6 @@ def split_text(run: dict[str, float]) -> str:
     other = run["seconds"] - run["loading"] - run["network"]
     return (f"loading {run['loading']:.2f}s, network {run['network']:.2f}s, "
             f"argmax+metrics+rest {other:.2f}s; cores used {run['cpu_seconds'] / run['seconds']:.2f}")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def parent(args: argparse.Namespace) -> None:
