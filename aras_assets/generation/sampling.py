@@ -63,7 +63,8 @@ def generate_cond(generator: SpadeGenerator, masks: np.ndarray, seeds: Sequence[
     """uint8 [B, H, W, 3] images for class-index masks [B, H, W] at the generator's resolution."""
     classes = generator.config.classes
     if masks.size and (masks.min() < 0 or masks.max() >= classes):
-        raise GenerationError(f"conditioning mask holds class {int(masks.max())}; the generator knows classes 0..{classes - 1}")
+        bad = int(masks.min()) if masks.min() < 0 else int(masks.max())
+        raise GenerationError(f"conditioning mask holds class {bad}; the generator knows classes 0..{classes - 1}")
     size = generator.config.resolution
     if masks.shape[1:] != (size, size):
         raise GenerationError(f"conditioning masks are {masks.shape[1:]}, the generator makes {size}x{size} images")

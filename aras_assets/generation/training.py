@@ -92,7 +92,7 @@ class StyleGanTrainer:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(0.0, 0.99), eps=1e-8)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8)
         self.step = 0
-        self.last_r1 = 0.0
+        self.carried = {"r1": 0.0}  # the latest lazy penalty, so every record has the same keys
 
     def _latents(self, batch: int) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
         device = self.runtime.torch_device
@@ -139,8 +139,8 @@ class StyleGanTrainer:
             self.opt_d.zero_grad(set_to_none=True)
             (penalty * (self.config.r1_gamma / 2) * self.config.r1_interval).backward()
             self.opt_d.step()
-            self.last_r1 = penalty.item()
-        record["r1"] = self.last_r1  # the latest penalty: every record has the same keys
+            self.carried["r1"] = penalty.item()
+        record.update(self.carried)
         _ema_update(self.G_ema, self.G, batch, self.config.ema_kimg)
         self.step += 1
         return record
@@ -163,7 +163,7 @@ class SpadeTrainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr_d, betas=(0.0, 0.999))
         self.perceptual = perceptual
         self.step = 0
-        self.last_consistency = 0.0
+        self.carried = {"consistency": 0.0}  # the latest CutMix consistency (not every step mixes)
 
     def _d(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g, p = self.D(diff_augment(images, self.config.augment), masks)
@@ -204,8 +204,8 @@ class SpadeTrainer:
                 loss_d = loss_d + F.softplus(m_global).mean() \
                     + F.binary_cross_entropy_with_logits(m_pixel, mix) \
                     + self.config.consistency_weight * consistency
-                self.last_consistency = consistency.item()
-            record["consistency"] = self.last_consistency
+                self.carried["consistency"] = consistency.item()
+            record.update(self.carried)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
@@ -231,8 +231,10 @@ def save_checkpoint(trainer: Trainer, folder: Path, data_version: str, history: 
     state = {name: module.state_dict() for name, module in trainer.modules().items()}
     meta = {"kind": trainer.kind, "model_config": trainer.model_config.to_dict(), "step": trainer.step,
             "train_config": asdict(trainer.config), "data_version": data_version}
+    rng = {"rng": torch.get_rng_state(),
+           "cuda_rng": torch.cuda.get_rng_state_all() if trainer.runtime.on_cuda else None}  # latents draw on the GPU there
     atomic_write_bytes(folder / LAST, _torch_bytes({**meta, "state": state, "history": history, "extra": extra,
-                                                    "rng": torch.get_rng_state()}))
+                                                    "carried": dict(trainer.carried), **rng}))
     atomic_write_bytes(folder / GENERATOR, _torch_bytes({**meta, "generator": trainer.G_ema.state_dict()}))
 
 
@@ -270,7 +272,10 @@ def restore(trainer: Trainer, checkpoint: dict) -> None:
     for name, module in trainer.modules().items():
         module.load_state_dict(checkpoint["state"][name])
     trainer.step = int(checkpoint["step"])
+    trainer.carried.update(checkpoint.get("carried", {}))
     torch.set_rng_state(checkpoint["rng"])
+    if checkpoint.get("cuda_rng") is not None and trainer.runtime.on_cuda:
+        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
 
 
 @dataclass
