@@ -20,6 +20,7 @@ from aras_assets.captions.evaluation import (
 )
 from aras_assets.captions.prompts import PromptTemplateError, prompt_templates
 from aras_assets.generation.assets import cond_images, uncond_labels
+from aras_assets.generation.manifest import MANIFEST
 from aras_assets.landcover import CLASS_NAMES
 from aras_assets.partitions import gen_shard_partitions, s2_tile_partitions
 from aras_assets.previews import markdown_table
@@ -60,17 +61,13 @@ def uncond_masks(storage: StorageResource, shard: str) -> pl.DataFrame:
                  f"shard {shard} has no labels: materialize uncond_labels[{shard}] first")
 
 
-def synthetic_images(origin: str) -> ImagesFor:
-    def images(storage: StorageResource, partition: str) -> pl.DataFrame:
-        return _read(storage.path("synthetic", origin, partition, "manifest.parquet"), ["image_id", "image_path"],
+def synthetic_column(origin: str, column: str) -> ImagesFor:
+    """image_id and `column` (image_path, or mask_path: a conditional image's label is its
+    conditioning mask) of a partition's synthetic manifest."""
+    def read(storage: StorageResource, partition: str) -> pl.DataFrame:
+        return _read(storage.path("synthetic", origin, partition, MANIFEST), ["image_id", column],
                      f"no {origin} images in {partition}: materialize {origin}_images[{partition}] first")
-    return images
-
-
-def cond_masks(storage: StorageResource, tile: str) -> pl.DataFrame:
-    """The conditioning masks (each conditional image's label)."""
-    return _read(storage.path("synthetic", COND, tile, "manifest.parquet"), ["image_id", "mask_path"],
-                 f"no conditional images in {tile}: materialize cond_images[{tile}] first")
+    return read
 
 
 def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.PartitionsDefinition,
@@ -154,9 +151,9 @@ def captions_asset(origin: str, images_for: ImagesFor, compositions: dg.AssetsDe
 real_compositions = compositions_asset(REAL, real_masks, s2_tile_partitions, [real_patches])
 real_captions = captions_asset(REAL, real_images, real_compositions, s2_tile_partitions)
 uncond_compositions = compositions_asset(UNCOND, uncond_masks, gen_shard_partitions, [uncond_labels])
-uncond_captions = captions_asset(UNCOND, synthetic_images(UNCOND), uncond_compositions, gen_shard_partitions)
-cond_compositions = compositions_asset(COND, cond_masks, s2_tile_partitions, [cond_images])
-cond_captions = captions_asset(COND, synthetic_images(COND), cond_compositions, s2_tile_partitions)
+uncond_captions = captions_asset(UNCOND, synthetic_column(UNCOND, "image_path"), uncond_compositions, gen_shard_partitions)
+cond_compositions = compositions_asset(COND, synthetic_column(COND, "mask_path"), s2_tile_partitions, [cond_images])
+cond_captions = captions_asset(COND, synthetic_column(COND, "image_path"), cond_compositions, s2_tile_partitions)
 CAPTION_ASSETS = [real_captions, uncond_captions, cond_captions]
 
 
