@@ -2,7 +2,7 @@
 
 Both generators are built at the configured size (aras_assets.settings.load_settings(), so the
 demo profile unless ARAS_PROFILE / ARAS_SETTINGS / ARAS_* say otherwise; networks from
-generation.assets.style_config and spade_config), randomly initialised with a fixed seed: the
+generation.configs.style_config and spade_config), randomly initialised with a fixed seed: the
 speed of a forward pass does not depend on what the weights learned. Every image has its own
 seed (sampling.image_seed), the conditional one also its own class map, so batching changes
 how many images one forward pass makes, never which images are made: the bench checks that the
@@ -11,24 +11,27 @@ kernels, so the roundings, change with the batch shape).
 
 Ours is what the generation assets do: sampling.generate_uncond / generate_cond on batches of
 `gen_batch_size` images (and of 64, the paper profile's batch). The baseline calls the same
-functions with one seed (and one mask) per call. Both run in fp32 on the CPU through
-TorchRuntime("cpu") (the headline), then through the runtimes the assets use for inference
-(TorchDeviceResource.runtime(inference=True)): fp32 channels_last and, on CPUs with native bf16
-(AMX / AVX512-BF16), bf16 autocast with channels_last, each on its own line. Every setting is
-warmed up on each batch shape it meets before the clock runs, the methods are interleaved
---repeats times and the best time of each is kept (the machine may be shared). PNG encoding
-(sampling.png_bytes, the bytes written to disk) is timed per image on its own.
+functions with one seed (and one mask) per call. Both run on the CPU through plain fp32
+(TorchRuntime("cpu")), fp32 channels_last and, on CPUs with native bf16 (AMX / AVX512-BF16),
+bf16 autocast with channels_last, each on its own line. The headline is the runtime the
+generation assets use on this CPU (TorchDeviceResource.runtime(inference=True): bf16 autocast
+with channels_last where the CPU has native bf16, else fp32 channels_last), since that is the
+speed a user generating shards gets. Every setting is warmed up on each batch shape it meets
+before the clock runs, the methods are interleaved --repeats times and the best time of each
+is kept (the machine may be shared). PNG encoding (sampling.png_bytes, the bytes written to
+disk) is timed per image on its own.
 
-With CUDA present it also times training (bf16 autocast, channels_last, device-resident
-batches: the GPU's speed, not PNG decoding) of both GANs through StyleGanTrainer / SpadeTrainer
-in thousands of images per hour, and bf16 generation at batch 64.
+With CUDA present it also times training of both GANs through StyleGanTrainer / SpadeTrainer
+(the assets' recipes from generation.configs, bf16 autocast, channels_last, device-resident
+batches: the GPU's speed, not PNG decoding) in thousands of images per hour, and bf16
+generation at batch 64.
 
     .venv/bin/python bench/generation.py [--images 256] [--threads N] [--repeats 3]
 
 The last line printed is:
-    generation speedup vs one-at-a-time: X (uncond A img/s vs B img/s, cond C img/s vs D img/s, batch N)
-with A, C batched and B, D one at a time (fp32, CPU, batch N = gen_batch_size) and X the
-smaller of the two speedups A / B and C / D (the weaker generator decides, not an average).
+    generation speedup vs one-at-a-time: X (uncond A img/s vs B img/s, cond C img/s vs D img/s, batch N, RUNTIME)
+with A, C batched and B, D one at a time (the assets' CPU runtime, batch N = gen_batch_size) and
+X the smaller of the two speedups A / B and C / D (the weaker generator decides, not an average).
 """
 
 from __future__ import annotations
@@ -43,11 +46,11 @@ import numpy as np
 import torch
 from common import cpu_name, log  # bench/common.py, beside this script
 
-from aras_assets.generation.assets import spade_config, style_config
+from aras_assets.generation.configs import cond_recipe, spade_config, style_config, uncond_recipe
 from aras_assets.generation.sampling import PNG_LEVEL, generate_cond, generate_uncond, image_seed, png_bytes
 from aras_assets.generation.spade import SpadeGenerator
 from aras_assets.generation.stylegan import StyleGenerator
-from aras_assets.generation.training import CondTrainConfig, GanTrainConfig, SpadeTrainer, StyleGanTrainer
+from aras_assets.generation.training import SpadeTrainer, StyleGanTrainer
 from aras_assets.settings import Settings, load_settings
 from resources.device import TorchDeviceResource, TorchRuntime, cpu_has_native_bf16
 
@@ -166,11 +169,9 @@ def cuda_training(s: Settings, steps: int, device: str = "cuda") -> dict[str, fl
     runtime = TorchRuntime(device, torch.bfloat16, True)
     size = s.gan_resolution
     out = {}
-    style = StyleGanTrainer(style_config(s), GanTrainConfig(batch_size=s.gan_batch_size, r1_gamma=s.gan_r1_gamma,
-                                                            r1_interval=s.gan_r1_interval, augment=s.gan_augment),
-                            runtime)
+    style = StyleGanTrainer(style_config(s), uncond_recipe(s), runtime)
     real = torch.rand(s.gan_batch_size, 3, size, size, device=device) * 2 - 1
-    spade = SpadeTrainer(spade_config(s), CondTrainConfig(batch_size=s.cond_batch_size), runtime)
+    spade = SpadeTrainer(spade_config(s), cond_recipe(s, perceptual=False), runtime)
     cond_real = torch.rand(s.cond_batch_size, 3, size, size, device=device) * 2 - 1
     cond_masks = torch.from_numpy(class_maps(s.cond_batch_size, size, spade.model_config.classes, 1)).to(device)
     for name, trainer, images, masks in (("uncond", style, real, None), ("cond", spade, cond_real, cond_masks)):
@@ -221,7 +222,7 @@ def main() -> None:
     cond_seeds = [image_seed(args.seed, "cond", SHARD, k) for k in range(n)]
     masks = class_maps(n, s.gan_resolution, G_cond.config.classes, args.seed)
 
-    # The CPU runtimes: plain fp32 (the headline), and the assets' own inference runtime
+    # The CPU runtimes: plain fp32, and the assets' own inference runtime (the headline)
     # (TorchDeviceResource.runtime(inference=True)): fp32 channels_last, or bf16 autocast with
     # channels_last where the CPU has native bf16.
     native = cpu_has_native_bf16()
@@ -229,6 +230,8 @@ def main() -> None:
     if native:
         runtimes["bf16 autocast, channels_last"] = TorchRuntime("cpu", torch.bfloat16, True)
     assets_runtime = TorchDeviceResource(device="cpu").runtime(inference=True)
+    assets_label = next((label for label, runtime in runtimes.items() if runtime == assets_runtime), "assets' runtime")
+    runtimes.setdefault(assets_label, assets_runtime)
     log(f"{n} images per method, batches {batches} and one at a time, {args.threads} thread(s), "
         f"runtimes: {', '.join(runtimes)}")
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -261,17 +264,17 @@ def main() -> None:
           f"cond: SPADE generator {cc.resolution}x{cc.resolution}, z {cc.z_dim}, channels {cc.channels}..{cc.width(4)}, "
           f"{parameters(G_cond):.2f} M parameters; random init (seed {args.seed}), {n} seeds per method "
           f"(profile {s.profile}, gen_batch_size {batch})")
-    assets_label = "fp32 channels_last" if assets_runtime.autocast_dtype is None else "bf16 autocast, channels_last"
     for label, by_kind in results.items():
         for kind, rates in by_kind.items():
             note = " [the generation assets' runtime on this CPU]" if label == assets_label else ""
             print(f"{kind} {label} (cpu){note}: {rates_text(rates)}")
     if not native:
         print("bf16 on the CPU skipped: no native bf16 (AMX / AVX512-BF16), the assets generate in fp32 here")
-    for kind, rates in results["fp32"].items():
-        one_ms, batch_ms = 1000 / rates["one-at-a-time"], 1000 / rates[f"batch {batch}"]
-        print(f"{kind} fp32 time per image: {one_ms:.2f} ms one at a time = {batch_ms:.2f} ms of batched work "
-              f"+ {one_ms - batch_ms:.2f} ms per-call overhead that batching saves")
+    for label in dict.fromkeys(["fp32", assets_label]):
+        for kind, rates in results[label].items():
+            one_ms, batch_ms = 1000 / rates["one-at-a-time"], 1000 / rates[f"batch {batch}"]
+            print(f"{kind} {label} time per image: {one_ms:.2f} ms one at a time = {batch_ms:.2f} ms of batched work "
+                  f"+ {one_ms - batch_ms:.2f} ms per-call overhead that batching saves")
     print("check: batched and one-at-a-time images of the same seeds differ by at most "
           + ", ".join(f"{diff} grey level(s) in {label}" for label, diff in diffs.items())
           + f" (allowed: fp32 {FP32_TOLERANCE}, bf16 {BF16_TOLERANCE}; the kernels, so the roundings, change with "
@@ -285,15 +288,14 @@ def main() -> None:
             print(f"cuda {kind} generation, bf16 autocast, channels_last: {rates_text(rates)}")
     else:
         print("CUDA training and generation skipped: no CUDA device is present")
-    # X is the smaller of the two fp32 speedups at gen_batch_size (not the combined throughput
-    # ratio): both generators must gain from batching, the weaker one decides.
-    uncond, cond = results["fp32"]["uncond"], results["fp32"]["cond"]
+    # X is the smaller of the two speedups at gen_batch_size in the assets' runtime (not the
+    # combined throughput ratio): both generators must gain from batching, the weaker one decides.
+    uncond, cond = results[assets_label]["uncond"], results[assets_label]["cond"]
     key = f"batch {batch}"
     speedup = min(uncond[key] / uncond["one-at-a-time"], cond[key] / cond["one-at-a-time"])
     print(f"generation speedup vs one-at-a-time: {speedup:.2f} "
           f"(uncond {uncond[key]:.1f} img/s vs {uncond['one-at-a-time']:.1f} img/s, "
-          f"cond {cond[key]:.1f} img/s vs {cond['one-at-a-time']:.1f} img/s, batch {batch})")
-
+          f"cond {cond[key]:.1f} img/s vs {cond['one-at-a-time']:.1f} img/s, batch {batch}, {assets_label} on the CPU)")
 
 if __name__ == "__main__":
     main()

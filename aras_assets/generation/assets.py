@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from aras_assets.generation.configs import cond_recipe, expected_config, spade_config, style_config, uncond_recipe
 from aras_assets.generation.data import GanPatches, GenerationError, endless_batches, resized_image, resized_mask
 from aras_assets.generation.fid import (
     PAPER_FID,
@@ -35,14 +36,10 @@ from aras_assets.generation.sampling import (
     precision_name,
     uncond_plan,
 )
-from aras_assets.generation.spade import SpadeConfig
-from aras_assets.generation.stylegan import StyleGanConfig
 from aras_assets.generation.training import (
     COND,
     GENERATOR,
     UNCOND,
-    CondTrainConfig,
-    GanTrainConfig,
     SpadeTrainer,
     StyleGanTrainer,
     fit,
@@ -74,20 +71,6 @@ MODEL_NAMES = {UNCOND: "aras-gan-uncond", COND: "aras-gan-cond"}
 TRAINING_ASSET = {UNCOND: "uncond_gan", COND: "cond_gan"}
 FID_FEATURE_SIZE = 256  # the segmentation encoder sees images at the size it was trained on
 GRID_SAMPLES = 8
-
-
-def style_config(s: Settings) -> StyleGanConfig:
-    return StyleGanConfig(resolution=s.gan_resolution, z_dim=s.gan_z_dim, w_dim=s.gan_w_dim,
-                          mapping_layers=s.gan_mapping_layers, channel_base=s.gan_channel_base,
-                          channel_max=s.gan_channel_max)
-
-
-def spade_config(s: Settings) -> SpadeConfig:
-    return SpadeConfig(resolution=s.gan_resolution, z_dim=s.cond_z_dim, channels=s.cond_channels, hidden=s.cond_hidden)
-
-
-def expected_config(s: Settings, kind: str) -> dict:
-    return (style_config(s) if kind == UNCOND else spade_config(s)).to_dict()
 
 
 def train_records(storage: StorageResource) -> tuple[pl.DataFrame, str]:
@@ -170,18 +153,11 @@ def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage
         records, data_version = train_records(storage)
         dataset = GanPatches(storage.root_path, records, s.gan_resolution)
         if kind == UNCOND:
-            config = GanTrainConfig(steps=s.gan_steps, batch_size=s.gan_batch_size, lr=s.gan_lr, r1_gamma=s.gan_r1_gamma,
-                                    r1_interval=s.gan_r1_interval, style_mixing=s.gan_style_mixing,
-                                    ema_kimg=s.gan_ema_kimg, augment=tuple(s.gan_augment),
-                                    checkpoint_every=s.gan_checkpoint_every, fid_every=s.gan_fid_every, seed=s.gan_seed)
+            config = uncond_recipe(s)
             trainer = StyleGanTrainer(style_config(s), config, runtime)
         else:
             perceptual = load_vgg_loss(s.cond_vgg_weights).to(runtime.torch_device) if s.cond_vgg_weights else None
-            config = CondTrainConfig(steps=s.cond_steps, batch_size=s.cond_batch_size, lr_g=s.cond_lr_g,
-                                     lr_d=s.cond_lr_d, cutmix_prob=s.cond_cutmix_prob,
-                                     consistency_weight=s.cond_consistency_weight,
-                                     vgg_weight=s.cond_vgg_weight if perceptual else 0.0, ema_kimg=s.gan_ema_kimg,
-                                     checkpoint_every=s.gan_checkpoint_every, fid_every=s.gan_fid_every, seed=s.gan_seed)
+            config = cond_recipe(s, perceptual is not None)
             trainer = SpadeTrainer(spade_config(s), config, runtime, perceptual)
         folder = storage.writable_dir("models", "gan", kind)
         resume = plan_resume(folder, trainer, data_version, log=context.log.info)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from aras_assets.generation.layers import upsample2x
 from aras_assets.landcover import CLASS_NAMES
 
 
@@ -51,6 +52,14 @@ def one_hot_mask(mask: torch.Tensor, classes: int) -> torch.Tensor:
     return F.one_hot(mask.long(), classes).permute(0, 3, 1, 2).float()
 
 
+def cond_at(cond: torch.Tensor, size: int) -> torch.Tensor:
+    """The conditioning map nearest-downsampled to size x size. The sizes are the full size over
+    a power of two, so nearest sampling is a stride: the same as F.interpolate(mode="nearest"),
+    without its slow NCHW CPU kernel. Made once per resolution and shared by its SPADE layers."""
+    step = cond.shape[-1] // size
+    return cond if step == 1 else cond[:, :, ::step, ::step].contiguous(memory_format=torch.channels_last)
+
+
 class Spade(nn.Module):
     def __init__(self, channels: int, cond_channels: int, hidden: int) -> None:
         super().__init__()
@@ -60,7 +69,8 @@ class Spade(nn.Module):
         self.beta = nn.Conv2d(hidden, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        a = self.shared(F.interpolate(cond, size=x.shape[-2:], mode="nearest"))
+        """cond: the conditioning map at x's resolution (see cond_at)."""
+        a = self.shared(cond)
         return self.norm(x) * (1 + self.gamma(a)) + self.beta(a)
 
 
@@ -104,8 +114,8 @@ class SpadeGenerator(nn.Module):
         x = self.fc(z).view(z.shape[0], -1, 4, 4)
         for k, block in enumerate(self.blocks):
             if k:
-                x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = block(x, cond)
+                x = upsample2x(x, "nearest")
+            x = block(x, cond_at(cond, x.shape[-1]))
         return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
 
 
@@ -133,7 +143,7 @@ class UpBlock(nn.Module):
         self.skip = _sn_conv(fin, fout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = upsample2x(x, "nearest")
         return self.skip(x) + self.conv1(F.leaky_relu(self.conv0(F.leaky_relu(x, 0.2)), 0.2))
 
 

@@ -17,10 +17,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from aras_assets.generation.layers import EqualConv2d, EqualLinear, StyledLayer, ToRGB
+from aras_assets.generation.layers import EqualConv2d, EqualLinear, StyledLayer, ToRGB, upsample2x
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class SynthesisNetwork(nn.Module):
                 x = self.layers[layer](x, ws[:, first + k], noise[layer])
                 layer += 1
             rgb = torgb(x, ws[:, first + convs])
-            img = rgb if img is None else F.interpolate(img, scale_factor=2, mode="bilinear", align_corners=False) + rgb
+            img = rgb if img is None else upsample2x(img) + rgb
         return img
 
 
