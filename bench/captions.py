@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from common import even_picks, log, peak_rss_kib, region_crops  # bench/common.py, beside this script
+from common import log, peak_rss_kib  # bench/common.py, beside this script
+from region import even_picks, region_crops  # bench/region.py
 
 from aras_assets.captions.captioning import caption_seed
 from aras_assets.captions.composition import Composition, compute_composition

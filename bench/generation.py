@@ -187,13 +187,17 @@ def cuda_training(s: Settings, steps: int, device: str = "cuda") -> dict[str, fl
     return out
 
 
-def cuda_generation(G_uncond: StyleGenerator, G_cond: SpadeGenerator, seeds: list[int], masks: np.ndarray,
-                    count: int, repeats: int, device: str = "cuda") -> dict[str, dict[str, float]]:
+def cuda_generation(G_uncond: StyleGenerator, G_cond: SpadeGenerator, count: int, seed: int, repeats: int,
+                    device: str = "cuda") -> dict[str, dict[str, float]]:
+    """bf16 generation of `count` images per generator (their own seeds and masks) at batch 64."""
     runtime = TorchRuntime(device, torch.bfloat16, True)
     Gu, Gc = runtime.prepare(copy.deepcopy(G_uncond)), runtime.prepare(copy.deepcopy(G_cond))
+    seeds = [image_seed(seed, "uncond", SHARD, k) for k in range(count)]
+    cond_seeds = [image_seed(seed, "cond", SHARD, k) for k in range(count)]
+    masks = class_maps(count, G_cond.config.resolution, G_cond.config.classes, seed)
     out = {}
     for name, methods in (("uncond", uncond_methods(Gu, seeds, runtime, [LARGE_BATCH])),
-                          ("cond", cond_methods(Gc, masks, seeds, runtime, [LARGE_BATCH]))):
+                          ("cond", cond_methods(Gc, masks, cond_seeds, runtime, [LARGE_BATCH]))):
         out[name], _ = compare(f"{device} {name}", methods, count, repeats, BF16_TOLERANCE)
     return out
 
@@ -253,7 +257,7 @@ def main() -> None:
     gpu_gen: dict[str, dict[str, float]] = {}
     if cuda:
         train = cuda_training(s, args.cuda_steps)
-        gpu_gen = cuda_generation(G_uncond, G_cond, seeds, masks, max(n, 4 * LARGE_BATCH), args.repeats)
+        gpu_gen = cuda_generation(G_uncond, G_cond, max(n, 4 * LARGE_BATCH), args.seed, args.repeats)
 
     sc, cc = G_uncond.config, G_cond.config
     print(f"device: cpu ({cpu_name()}), {os.cpu_count()} CPU(s), torch threads {args.threads}; "

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-from common import cpu_name, even_picks, log, peak_rss_kib, region_crops  # bench/common.py, beside this script
+from common import cpu_name, log, peak_rss_kib  # bench/common.py, beside this script
+from region import even_picks, region_crops  # bench/region.py
 
 from aras_assets.ids import PATCH_SIZE
 from aras_assets.landcover import mask_to_rgb

@@ -18,11 +18,12 @@ import polars as pl
 import pytest
 import scipy.linalg
 import torch
+import torch.nn.functional as F
 
 from aras_assets.generation.augment import POLICIES, cutout, diff_augment, translation
 from aras_assets.generation.data import GenerationError, to_uint8
 from aras_assets.generation.fid import FeatureStats, FidError, feature_stats, fid_from_stats, frechet_distance
-from aras_assets.generation.layers import modulated_conv2d, modulated_conv2d_grouped
+from aras_assets.generation.layers import StyledLayer, modulated_conv2d, modulated_conv2d_grouped, upsample2x
 from aras_assets.generation.manifest import MANIFEST, PARTS
 from aras_assets.generation.perceptual import PerceptualLoss, load_vgg_loss
 from aras_assets.generation.sampling import (
@@ -35,7 +36,7 @@ from aras_assets.generation.sampling import (
     uncond_inputs,
     uncond_plan,
 )
-from aras_assets.generation.spade import SpadeConfig, SpadeGenerator, UNetDiscriminator, cutmix_masks
+from aras_assets.generation.spade import SpadeConfig, SpadeGenerator, UNetDiscriminator, cond_at, cutmix_masks
 from aras_assets.generation.stylegan import StyleDiscriminator, StyleGanConfig, StyleGenerator, minibatch_stddev
 from aras_assets.generation.training import (
     GENERATOR,
@@ -172,6 +173,42 @@ def test_modulated_conv_equals_grouped_form(batch: int, kernel: int, demodulate:
     grouped = modulated_conv2d_grouped(x, weight, styles, demodulate)
     assert shared.shape == grouped.shape == (batch, 5, 9, 7)
     torch.testing.assert_close(shared, grouped, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_upsample2x_equals_interpolate_in_either_layout(mode: str, batch: int) -> None:
+    x = torch.randn(batch, 6, 5, 7, generator=torch.Generator().manual_seed(batch))
+    expected = F.interpolate(x, scale_factor=2, mode=mode, align_corners=False if mode == "bilinear" else None)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = upsample2x(x.contiguous(memory_format=layout), mode)
+        assert out.shape == (batch, 6, 10, 14)
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", [32, 16, 8, 4])
+def test_cond_at_equals_nearest_interpolation(size: int) -> None:
+    cond = torch.randn(3, 9, 32, 32, generator=torch.Generator().manual_seed(size))
+    expected = F.interpolate(cond, size=(size, size), mode="nearest")
+    assert torch.equal(cond_at(cond, size), expected)
+
+
+@pytest.mark.parametrize("with_noise", [True, False])
+def test_styled_layer_is_lrelu_of_conv_noise_and_bias_times_gain(with_noise: bool) -> None:
+    """The fused form (gain on the coefficients, one multiply-add) equals the textbook order."""
+    torch.manual_seed(0)
+    layer = StyledLayer(6, 5, 8, up=True)
+    with torch.no_grad():
+        layer.noise_strength.fill_(0.3)
+        layer.bias.normal_()
+    x, w = torch.randn(3, 6, 4, 4), torch.randn(3, 8)
+    noise = torch.randn(3, 1, 8, 8) if with_noise else None
+    conv = layer.conv
+    plain = modulated_conv2d(upsample2x(x), conv.weight * conv.scale, conv.affine(w))
+    if noise is not None:
+        plain = plain + noise * layer.noise_strength
+    expected = F.leaky_relu(plain + layer.bias[None, :, None, None], 0.2) * math.sqrt(2)
+    torch.testing.assert_close(layer(x, w, noise), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_demodulation_gives_unit_output_std() -> None:

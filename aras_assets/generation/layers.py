@@ -69,19 +69,23 @@ class EqualConv2d(nn.Module):
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
-                     eps: float = 1e-8) -> torch.Tensor:
+                     eps: float = 1e-8, gain: float = 1.0, add: torch.Tensor | None = None) -> torch.Tensor:
     """Modulated convolution applied as scale -> shared convolution -> rescale.
 
     Equal to convolving each sample with its own modulated (and demodulated) weights, but it
     runs one ordinary convolution over the whole batch, which batches, autocasts and uses
-    channels_last better than the grouped form (`modulated_conv2d_grouped`)."""
+    channels_last better than the grouped form (`modulated_conv2d_grouped`). With demodulation,
+    `gain` scales the output and `add` (broadcastable, e.g. per-pixel noise) is added in the
+    same pass over the activations: gain * demodulated + add."""
     x = x * styles[:, :, None, None]
     out = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
-    if demodulate:
-        # sum over input channels and taps of (s_i w_ijk)^2, per sample and output channel
-        d = torch.rsqrt(styles.square() @ weight.square().sum(dim=(2, 3)).t() + eps)
-        out = out * d[:, :, None, None]
-    return out
+    if not demodulate:
+        if gain != 1.0 or add is not None:
+            raise ValueError("gain and add go with demodulation")
+        return out
+    # sum over input channels and taps of (s_i w_ijk)^2, per sample and output channel
+    d = (torch.rsqrt(styles.square() @ weight.square().sum(dim=(2, 3)).t() + eps) * gain)[:, :, None, None]
+    return out * d if add is None else torch.addcmul(add.to(out.dtype), out, d.to(out.dtype))
 
 
 def modulated_conv2d_grouped(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
@@ -109,10 +113,10 @@ class ModulatedConv(nn.Module):
         self.demodulate = demodulate
         self.up = up
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, gain: float = 1.0, add: torch.Tensor | None = None) -> torch.Tensor:
         if self.up:
             x = upsample2x(x)
-        return modulated_conv2d(x, self.weight * self.scale, self.affine(w), self.demodulate)
+        return modulated_conv2d(x, self.weight * self.scale, self.affine(w), self.demodulate, gain=gain, add=add)
 
 
 class StyledLayer(nn.Module):
@@ -125,10 +129,13 @@ class StyledLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        x = self.conv(x, w)
-        if noise is not None:
-            x = x + noise * self.noise_strength
-        return lrelu(x + self.bias[None, :, None, None])
+        """lrelu(conv + noise * strength + bias) * gain, as lrelu(gain * (...)): the leaky ReLU is
+        positively homogeneous, so the gain rides on small tensors (demodulation coefficients,
+        noise, bias) and the activations are passed over three times after the convolution
+        (scale and add noise, add bias, activate) instead of five; they keep the conv's dtype."""
+        add = None if noise is None else noise * (self.noise_strength * LRELU_GAIN)
+        x = self.conv(x, w, gain=LRELU_GAIN, add=add)
+        return F.leaky_relu(x + (self.bias * LRELU_GAIN).to(x.dtype)[None, :, None, None], 0.2)
 
 
 class ToRGB(nn.Module):
