@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/patches.py
 	$(BIN)/python bench/segmentation.py
 	$(BIN)/python bench/captions.py
+	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/lineage.py
 
 ui: $(STAMP)

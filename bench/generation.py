@@ -19,7 +19,9 @@ with channels_last where the CPU has native bf16, else fp32 channels_last), sinc
 speed a user generating shards gets. Every setting is warmed up on each batch shape it meets
 before the clock runs, the methods are interleaved --repeats times and the best time of each
 is kept (the machine may be shared). PNG encoding (sampling.png_bytes, the bytes written to
-disk) is timed per image on its own.
+disk) is timed per image on its own, and whole unconditional shards are written to a temporary
+folder through sampling.generate_partition with one PNG writer and with PNG_WORKERS writers
+overlapping the next batch's rendering (what the uncond_images asset does).
 
 With CUDA present it also times training of both GANs through StyleGanTrainer / SpadeTrainer
 (the assets' recipes from generation.configs, bf16 autocast, channels_last, device-resident
@@ -39,15 +41,30 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 from common import cpu_name, log  # bench/common.py, beside this script
 
 from aras_assets.generation.configs import cond_recipe, spade_config, style_config, uncond_recipe
-from aras_assets.generation.sampling import PNG_LEVEL, generate_cond, generate_uncond, image_seed, png_bytes
+from aras_assets.generation.sampling import (
+    PNG_LEVEL,
+    PNG_WORKERS,
+    GeneratorRun,
+    Partition,
+    generate_cond,
+    generate_partition,
+    generate_uncond,
+    image_seed,
+    png_bytes,
+    precision_name,
+    uncond_plan,
+)
 from aras_assets.generation.spade import SpadeGenerator
 from aras_assets.generation.stylegan import StyleGenerator
 from aras_assets.generation.training import SpadeTrainer, StyleGanTrainer
@@ -156,6 +173,33 @@ def png_ms_per_image(images: np.ndarray, repeats: int) -> float:
     return 1000.0 * best / len(images)
 
 
+def shard_rate(G: StyleGenerator, runtime: TorchRuntime, count: int, batch: int, workers: int, repeats: int) -> float:
+    """img/s of a whole unconditional shard to disk (sampling.generate_partition: render, PNG
+    encoding by `workers` threads, atomic writes, manifest parts), best of `repeats` fresh shards."""
+    G = runtime.prepare(copy.deepcopy(G))
+    run = GeneratorRun("bench", "1", "-", runtime.device, precision_name(runtime), G.config.resolution, "-")
+
+    def render(rows: pl.DataFrame) -> np.ndarray:
+        return generate_uncond(G, rows["seed"].to_list(), 1.0, runtime)
+
+    best = float("inf")
+    with tempfile.TemporaryDirectory() as scratch:
+        generate_partition(uncond_plan("warm-up", batch, 0, 1.0, run), render, Partition(Path(scratch), "warm-up"),
+                           batch, workers=workers)
+        for repeat in range(repeats):
+            plan = uncond_plan(SHARD, count, 0, 1.0, run)
+            start = time.perf_counter()
+            generate_partition(plan, render, Partition(Path(scratch), f"{workers}-{repeat}"), batch, workers=workers)
+            best = min(best, time.perf_counter() - start)
+    return count / best
+
+
+def shard_text(G: StyleGenerator, runtime: TorchRuntime, label: str, count: int, batch: int, repeats: int) -> str:
+    one, many = (shard_rate(G, runtime, count, batch, w, repeats) for w in (1, PNG_WORKERS))
+    return (f"uncond shard to disk ({label}, batch {batch}: render, PNG, manifest): 1 PNG writer {one:.1f} img/s, "
+            f"{PNG_WORKERS} writers overlapping the next batch {many:.1f} img/s (x{many / one:.2f})")
+
+
 # --- CUDA: training throughput and bf16 generation ------------------------------------------
 
 
@@ -251,6 +295,8 @@ def main() -> None:
             diffs[label] = max(diffs.get(label, 0), diff)
     sample = run_batched(uncond_methods(G_uncond, seeds, runtimes["fp32"], [batch])[f"batch {batch}"][0], min(n, 64), batch)
     png_ms = png_ms_per_image(sample, args.repeats)
+    log("writing shards to disk")
+    shards = [shard_text(G_uncond, assets_runtime, f"{assets_label}, cpu", n, batch, args.repeats)]
 
     cuda = torch.cuda.is_available()
     train: dict[str, float] = {}
@@ -258,6 +304,8 @@ def main() -> None:
     if cuda:
         train = cuda_training(s, args.cuda_steps)
         gpu_gen = cuda_generation(G_uncond, G_cond, max(n, 4 * LARGE_BATCH), args.seed, args.repeats)
+        shards.append(shard_text(G_uncond, TorchRuntime("cuda", torch.bfloat16, True), "bf16 autocast, channels_last, cuda",
+                                 max(n, 4 * LARGE_BATCH), LARGE_BATCH, args.repeats))
 
     sc, cc = G_uncond.config, G_cond.config
     print(f"device: cpu ({cpu_name()}), {os.cpu_count()} CPU(s), torch threads {args.threads}; "
@@ -285,6 +333,8 @@ def main() -> None:
           "the batch shape, which is why the manifest records each image's batch for a byte-exact replay)")
     print(f"PNG encoding (sampling.png_bytes, level {PNG_LEVEL}): {png_ms:.3f} ms per {sc.resolution}x{sc.resolution} "
           f"image = {1000 / png_ms:.0f} img/s on one core")
+    for line in shards:
+        print(line)
     if cuda:
         print(f"cuda training (bf16 autocast, channels_last): uncond {train['uncond']:.1f} kimg/h "
               f"(batch {s.gan_batch_size}), cond {train['cond']:.1f} kimg/h (batch {s.cond_batch_size})")

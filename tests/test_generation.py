@@ -559,6 +559,26 @@ def test_generate_partition_resumes_after_a_crash(tmp_path: Path) -> None:
     assert again.equals(manifest)
 
 
+def test_generate_partition_reports_a_failed_write_and_keeps_the_batches_before(tmp_path: Path) -> None:
+    """PNGs are written by threads while the next batch renders: a write that fails surfaces,
+    its batch gets no manifest part, the batches before keep theirs, and a re-run does the rest."""
+    G = tiny_style_generator()
+    plan = uncond_plan("0000", 10, 0, 1.0, generator_run())
+    partition = Partition(tmp_path, "p")
+    blocker = partition.root / plan["image_path"][5]
+    blocker.mkdir(parents=True)  # a folder where image 5 should go: its write fails
+    with pytest.raises(OSError):
+        generate_partition(plan, Renderer(G), partition, 4, workers=3)
+    parts = sorted(p.name for p in (partition.folder / PARTS).glob("*.parquet"))
+    assert parts == ["batch-00000.parquet"]
+    assert not (partition.folder / MANIFEST).exists()
+    blocker.rmdir()
+    resumed = Renderer(G)
+    manifest, made = generate_partition(plan, resumed, partition, 4, workers=3)
+    assert made == 6 and resumed.rows == plan["image_id"][4:].to_list()
+    check_manifest(manifest, plan, partition)
+
+
 def test_generate_partition_redoes_everything_for_another_model_version(tmp_path: Path) -> None:
     partition = Partition(tmp_path, "p")
     old_plan = uncond_plan("0000", 10, 0, 1.0, generator_run("1"))

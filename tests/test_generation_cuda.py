@@ -3,7 +3,8 @@ byte-identical replay in a new process, agreement with the CPU, finite training 
 eager lazy-R1 pass, and checkpoint resume continuing the GPU's random draws.
 
 Skipped without a CUDA device (CI has none). Where one is present:
-    pytest --noconftest tests/test_generation_cuda.py"""
+    CUBLAS_WORKSPACE_CONFIG=:4096:8 pytest tests/test_generation_cuda.py
+(add --noconftest where the GIS stack the other tests' fixtures need is not installed)."""
 
 from __future__ import annotations
 

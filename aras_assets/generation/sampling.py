@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,30 +131,57 @@ def done_parts(partition: Partition, current: dict[str, object]) -> pl.DataFrame
     return frame.filter(keep)
 
 
+def write_png(path: Path, image: np.ndarray) -> str:
+    """Encode and atomically write one image; its SHA-256 for the manifest."""
+    data = png_bytes(image)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+# PNG encoding threads: Pillow's encoder releases the GIL, and at 256 px one image takes about
+# as long on one core as a GPU takes to make ten, so a few encoders keep up with the generator.
+PNG_WORKERS = min(4, os.cpu_count() or 1)
+
+
 def generate_partition(plan: pl.DataFrame, render: Renderer, partition: Partition, batch_size: int,
-                       progress: Callable[[int, int], None] | None = None) -> tuple[pl.DataFrame, int]:
+                       progress: Callable[[int, int], None] | None = None,
+                       workers: int = PNG_WORKERS) -> tuple[pl.DataFrame, int]:
     """Generate the plan's images not yet done, batch by batch: images first (atomic writes),
     then the batch's manifest part. Returns the whole partition's manifest (in plan order) and
     how many images were made now. `plan` holds every SYNTHETIC_SCHEMA column except
-    batch_start, batch_size and content_sha256."""
+    batch_start, batch_size and content_sha256.
+
+    A batch's PNGs are encoded and written by `workers` threads while the next batch renders;
+    its part is written once they are all on disk, also when a later batch fails."""
     fixed = {k: plan[k][0] for k in ("model_version", "truncation_psi", "device", "precision")} if plan.height else {}
     done = done_parts(partition, fixed)
     todo = plan.filter(~pl.col("image_id").is_in(done["image_id"].implode()))
-    for begin in range(0, todo.height, batch_size):
-        rows = todo.slice(begin, batch_size)
-        images = render(rows)
-        hashes = []
-        for path, image in zip(rows["image_path"], images, strict=True):
-            data = png_bytes(image)
-            atomic_write_bytes(partition.root / path, data)
-            hashes.append(hashlib.sha256(data).hexdigest())
+
+    def finish(rows: pl.DataFrame, writes: list[Future[str]], made: int) -> None:
+        hashes = [write.result() for write in writes]
         start = int(rows["index"][0])
         part = rows.with_columns(pl.lit(start, pl.Int32).alias("batch_start"),
                                  pl.lit(rows.height, pl.Int32).alias("batch_size"),
                                  pl.Series("content_sha256", hashes, pl.String)).select(list(SYNTHETIC_SCHEMA))
         write_parquet_atomic(part, partition.folder / PARTS / f"batch-{start:05d}.parquet")
         if progress is not None:
-            progress(done.height + begin + rows.height, plan.height)
+            progress(done.height + made, plan.height)
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="png") as pool:
+        pending = None  # the batch whose PNGs are being written
+        try:
+            for begin in range(0, todo.height, batch_size):
+                rows = todo.slice(begin, batch_size)
+                images = render(rows)
+                if pending is not None:
+                    previous, pending = pending, None
+                    finish(*previous)
+                writes = [pool.submit(write_png, partition.root / path, image)
+                          for path, image in zip(rows["image_path"], images, strict=True)]
+                pending = (rows, writes, begin + rows.height)
+        finally:
+            if pending is not None:  # finished work stays even when a later batch failed
+                finish(*pending)
     order = plan.select("image_id", pl.int_range(pl.len()).alias("_order"))
     manifest = read_parts(partition).join(order, on="image_id").sort("_order").drop("_order")
     write_parquet_atomic(manifest, partition.folder / MANIFEST)
