@@ -141,6 +141,9 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     verdict = "byte-identical to" if result.identical else "DIFFERENT from"
     print(f"{result.image_id}: sha256 {result.sha256}, {verdict} the recorded image {result.stored_path} "
           f"(recorded sha256 {result.expected_sha256})" + (f"; written to {args.out}" if args.out else ""))
+    if not result.identical and result.code_changed:
+        print(f"the image was made by generator code {result.recorded_code}; this installation runs "
+              f"{result.current_code}, and a byte-identical replay needs the same code")
     return 0 if result.identical else 1
 
 

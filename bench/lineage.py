@@ -138,7 +138,8 @@ def build_synthetic(root: Path, patches: pl.DataFrame, rng: np.random.Generator)
         pl.when(pl.col("origin") == "cond").then(pl.format("patches/{}/masks/{}.png", "shard", "conditioning_patch_id"))
         .otherwise(None).alias("mask_path"),
         pl.Series("content_sha256", hex_digests(rng, n)),
-        pl.format("9b8e7f6a-{}-{}", "origin", "shard").alias("dagster_run_id"))
+        pl.format("9b8e7f6a-{}-{}", "origin", "shard").alias("dagster_run_id"),
+        pl.lit("0123456789abcdef").alias("generator_code"))
     frame = frame.select(list(SYNTHETIC_SCHEMA))
     for origin in ("uncond", "cond"):
         write_partitions(frame.filter(pl.col("origin") == origin), "shard", f"{root}/synthetic/{origin}/{{key}}/manifest.parquet")

@@ -26,12 +26,14 @@ from aras_assets.generation.fid import FeatureStats, FidError, feature_stats, fi
 from aras_assets.generation.layers import StyledLayer, modulated_conv2d, modulated_conv2d_grouped, upsample2x
 from aras_assets.generation.manifest import MANIFEST, PARTS
 from aras_assets.generation.perceptual import PerceptualLoss, load_vgg_loss
+from aras_assets.generation.regenerate import Regenerated
 from aras_assets.generation.sampling import (
     GeneratorRun,
     Partition,
     generate_cond,
     generate_partition,
     generate_uncond,
+    generator_code,
     image_seed,
     uncond_inputs,
     uncond_plan,
@@ -530,6 +532,33 @@ def test_generate_partition_writes_images_and_manifest(tmp_path: Path) -> None:
     assert manifest["batch_size"].to_list() == [4] * 8 + [2] * 2
     assert manifest["seed"].to_list() == plan["seed"].to_list()
     assert set(manifest["model_version"]) == {"1"}
+    assert set(manifest["generator_code"]) == {generator_code()}
+
+
+def test_generator_code_is_a_digest_of_the_pixel_modules_and_explains_a_replay_mismatch(tmp_path: Path) -> None:
+    code = generator_code()
+    assert len(code) == 16 and int(code, 16) >= 0
+    made = Regenerated("uncond-0000-000000", b"png", "0" * 64, tmp_path / "x.png", code)
+    assert not made.code_changed
+    assert replace(made, recorded_code="0123456789abcdef").code_changed
+    assert not replace(made, recorded_code=None).code_changed  # not recorded: nothing to say
+
+
+def test_generate_partition_resumes_over_parts_without_the_generator_code(tmp_path: Path) -> None:
+    """Parts written before manifests had the generator_code column still count as done."""
+    G = tiny_style_generator()
+    plan = uncond_plan("0000", 10, 0, 1.0, generator_run())
+    partition = Partition(tmp_path, "p")
+    generate_partition(plan, Renderer(G), partition, 4)
+    first = partition.folder / PARTS / "batch-00000.parquet"
+    pl.read_parquet(first).drop("generator_code").write_parquet(first)
+    for later in ("batch-00004.parquet", "batch-00008.parquet"):
+        (partition.folder / PARTS / later).unlink()
+    resumed = Renderer(G)
+    manifest, made = generate_partition(plan, resumed, partition, 4)
+    assert made == 6 and resumed.rows == plan["image_id"][4:].to_list()
+    check_manifest(manifest, plan, partition)
+    assert manifest["generator_code"].to_list() == [None] * 4 + [generator_code()] * 6
 
 
 def test_generate_partition_resumes_after_a_crash(tmp_path: Path) -> None:

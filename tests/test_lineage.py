@@ -52,7 +52,7 @@ def image_row(origin: str, shard: str, index: int, version: str, cond_patch: str
         "batch_size": 16, "device": "cuda", "precision": "bf16", "resolution": 256,
         "image_path": f"synthetic/{origin}/{shard}/images/{image_id}.png",
         "mask_path": None if origin == "uncond" else f"patches/N36E027/masks/{cond_patch}.png",
-        "content_sha256": "c" * 64, "dagster_run_id": f"dagster-{origin}-{shard}",
+        "content_sha256": "c" * 64, "dagster_run_id": f"dagster-{origin}-{shard}", "generator_code": "0123456789abcdef",
     }
 
 

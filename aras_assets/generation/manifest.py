@@ -11,4 +11,7 @@ SYNTHETIC_SCHEMA = {
     "conditioning_patch_id": pl.String, "variant": pl.Int32, "batch_start": pl.Int32, "batch_size": pl.Int32,
     "device": pl.String, "precision": pl.String, "resolution": pl.Int32, "image_path": pl.String,
     "mask_path": pl.String, "content_sha256": pl.String, "dagster_run_id": pl.String,
+    # digest of the code that computes the pixels (sampling.generator_code): a byte-identical
+    # replay needs the same model, seeds, batch, device, precision and this code
+    "generator_code": pl.String,
 }

@@ -13,7 +13,15 @@ import polars as pl
 
 from aras_assets.generation.data import GenerationError
 from aras_assets.generation.manifest import MANIFEST
-from aras_assets.generation.sampling import Partition, generate_cond, generate_uncond, png_bytes, read_parts, runtime_for
+from aras_assets.generation.sampling import (
+    Partition,
+    generate_cond,
+    generate_uncond,
+    generator_code,
+    png_bytes,
+    read_parts,
+    runtime_for,
+)
 from aras_assets.generation.training import COND, load_generator
 from aras_assets.ids import parse_synthetic_id
 from aras_assets.segmentation.data import read_mask
@@ -26,6 +34,7 @@ class Regenerated:
     data: bytes
     expected_sha256: str
     stored_path: Path
+    recorded_code: str | None  # the generator code that made the image (None: not recorded)
 
     @property
     def sha256(self) -> str:
@@ -34,6 +43,14 @@ class Regenerated:
     @property
     def identical(self) -> bool:
         return self.sha256 == self.expected_sha256
+
+    @property
+    def current_code(self) -> str:
+        return generator_code()
+
+    @property
+    def code_changed(self) -> bool:
+        return self.recorded_code is not None and self.recorded_code != self.current_code
 
 
 def manifest_row(root: Path, image_id: str) -> tuple[dict, pl.DataFrame]:
@@ -77,4 +94,5 @@ def regenerate(root: Path, tracking_uri: str, image_id: str) -> Regenerated:
     else:
         images = generate_uncond(generator, seeds, float(record["truncation_psi"]), runtime)
     position = batch["image_id"].to_list().index(image_id)
-    return Regenerated(image_id, png_bytes(images[position]), record["content_sha256"], root / record["image_path"])
+    return Regenerated(image_id, png_bytes(images[position]), record["content_sha256"], root / record["image_path"],
+                       record.get("generator_code"))

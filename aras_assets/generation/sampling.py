@@ -6,11 +6,12 @@ batch it was made in (same generator version, device and precision)."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -28,6 +29,19 @@ from resources.device import TorchRuntime
 from resources.storage import atomic_write_bytes, write_parquet_atomic
 
 PNG_LEVEL = 1  # fixed, not a setting: replaying an image must give the same bytes
+# The modules whose source decides an image's pixels and bytes once its model, seeds, batch,
+# device and precision are fixed; their digest goes into every manifest row.
+PIXEL_MODULES = ("aras_assets.generation.layers", "aras_assets.generation.stylegan", "aras_assets.generation.spade",
+                 "aras_assets.generation.data", "aras_assets.generation.sampling", "resources.device")
+
+
+@cache
+def generator_code() -> str:
+    """16 hex digits of SHA-256 over PIXEL_MODULES' source files."""
+    digest = hashlib.sha256()
+    for name in PIXEL_MODULES:
+        digest.update(Path(importlib.import_module(name).__file__ or name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def image_seed(base_seed: int, origin: str, shard: str, index: int) -> int:
@@ -125,7 +139,10 @@ def read_parts(partition: Partition) -> pl.DataFrame:
     parts = sorted((partition.folder / PARTS).glob("batch-*.parquet"))
     if not parts:
         return pl.DataFrame(schema=SYNTHETIC_SCHEMA)
-    return pl.concat([pl.read_parquet(p) for p in parts], how="vertical").unique("image_id", keep="first")
+    # diagonal: parts written before a column existed read it as null
+    frame = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+    return frame.select(pl.col(c).cast(t) if c in frame.columns else pl.lit(None, t).alias(c)
+                        for c, t in SYNTHETIC_SCHEMA.items()).unique("image_id", keep="first", maintain_order=True)
 
 
 def done_parts(partition: Partition, current: dict[str, object]) -> pl.DataFrame:
@@ -210,12 +227,13 @@ class GeneratorRun:
     precision: str
     resolution: int
     dagster_run_id: str
+    generator_code: str = field(default_factory=generator_code)
 
 
 def _plan(rows: list[dict], run: GeneratorRun) -> pl.DataFrame:
     common = {"model_name": run.model_name, "model_version": run.model_version, "mlflow_run_id": run.mlflow_run_id,
               "device": run.device, "precision": run.precision, "resolution": run.resolution,
-              "dagster_run_id": run.dagster_run_id}
+              "dagster_run_id": run.dagster_run_id, "generator_code": run.generator_code}
     schema = {k: v for k, v in SYNTHETIC_SCHEMA.items() if k not in ("batch_start", "batch_size", "content_sha256")}
     return pl.DataFrame([{**row, **common} for row in rows], schema={**schema, "source_mask_path": pl.String})
 

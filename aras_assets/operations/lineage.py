@@ -391,7 +391,7 @@ def format_trace(record: dict[str, Any]) -> str:
                   f"{pad}  sampling:   seed {image['seed']}, truncation psi {image['truncation_psi']}, variant "
                   f"{image['variant']}, batch of {image['batch_size']} from index {image['batch_start']}",
                   f"{pad}  produced:   {image['device']}/{image['precision']}, {image['resolution']} px, "
-                  f"Dagster run {image['dagster_run_id']}",
+                  f"generator code {image['generator_code']}, Dagster run {image['dagster_run_id']}",
                   f"{pad}  file:       {image['image_path']} (sha256 {image['content_sha256']})"]
         if image.get("mask_path"):
             lines.append(f"{pad}  mask:       {image['mask_path']}")
