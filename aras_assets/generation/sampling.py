@@ -139,10 +139,9 @@ def read_parts(partition: Partition) -> pl.DataFrame:
     parts = sorted((partition.folder / PARTS).glob("batch-*.parquet"))
     if not parts:
         return pl.DataFrame(schema=SYNTHETIC_SCHEMA)
-    # diagonal: parts written before a column existed read it as null
+    # parts written before a column existed read it as null
     frame = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
-    return frame.select(pl.col(c).cast(t) if c in frame.columns else pl.lit(None, t).alias(c)
-                        for c, t in SYNTHETIC_SCHEMA.items()).unique("image_id", keep="first", maintain_order=True)
+    return frame.match_to_schema(SYNTHETIC_SCHEMA, missing_columns="insert").unique("image_id", keep="first")
 
 
 def done_parts(partition: Partition, current: dict[str, object]) -> pl.DataFrame:
