@@ -76,6 +76,7 @@ LARGE_BATCH = 64  # the paper profile's gen_batch_size
 FP32_TOLERANCE = 1
 BF16_TOLERANCE = 8  # bf16 keeps 8 significant bits: a few levels move with the kernel choice
 SHARD = "bench"
+CUDA_BF16 = TorchRuntime("cuda", torch.bfloat16, True)  # what the assets use on a GPU
 
 # A method: generate the images of seeds[begin:end] (and their masks) in one call.
 Generate = Callable[[int, int], np.ndarray]
@@ -93,6 +94,13 @@ def class_maps(count: int, size: int, classes: int, seed: int) -> np.ndarray:
             h, w = rng.integers(1, size // 2 + 1, 2)
             masks[k, y0:y0 + h, x0:x0 + w] = rng.integers(0, classes)
     return masks
+
+
+def bench_inputs(G_cond: SpadeGenerator, count: int, seed: int) -> tuple[list[int], list[int], np.ndarray]:
+    """Seeds of `count` unconditional and conditional images, and the conditional ones' masks."""
+    seeds = [image_seed(seed, "uncond", SHARD, k) for k in range(count)]
+    cond_seeds = [image_seed(seed, "cond", SHARD, k) for k in range(count)]
+    return seeds, cond_seeds, class_maps(count, G_cond.config.resolution, G_cond.config.classes, seed)
 
 
 def parameters(model: torch.nn.Module) -> float:
@@ -208,9 +216,9 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def cuda_training(s: Settings, steps: int, device: str = "cuda") -> dict[str, float]:
+def cuda_training(s: Settings, steps: int, runtime: TorchRuntime = CUDA_BF16) -> dict[str, float]:
     """kimg/hour of both trainers, bf16 autocast and channels_last, batches already on the GPU."""
-    runtime = TorchRuntime(device, torch.bfloat16, True)
+    device = runtime.device
     size = s.gan_resolution
     out = {}
     style = StyleGanTrainer(style_config(s), uncond_recipe(s), runtime)
@@ -232,17 +240,14 @@ def cuda_training(s: Settings, steps: int, device: str = "cuda") -> dict[str, fl
 
 
 def cuda_generation(G_uncond: StyleGenerator, G_cond: SpadeGenerator, count: int, seed: int, repeats: int,
-                    device: str = "cuda") -> dict[str, dict[str, float]]:
+                    runtime: TorchRuntime = CUDA_BF16) -> dict[str, dict[str, float]]:
     """bf16 generation of `count` images per generator (their own seeds and masks) at batch 64."""
-    runtime = TorchRuntime(device, torch.bfloat16, True)
     Gu, Gc = runtime.prepare(copy.deepcopy(G_uncond)), runtime.prepare(copy.deepcopy(G_cond))
-    seeds = [image_seed(seed, "uncond", SHARD, k) for k in range(count)]
-    cond_seeds = [image_seed(seed, "cond", SHARD, k) for k in range(count)]
-    masks = class_maps(count, G_cond.config.resolution, G_cond.config.classes, seed)
+    seeds, cond_seeds, masks = bench_inputs(G_cond, count, seed)
     out = {}
     for name, methods in (("uncond", uncond_methods(Gu, seeds, runtime, [LARGE_BATCH])),
                           ("cond", cond_methods(Gc, masks, cond_seeds, runtime, [LARGE_BATCH]))):
-        out[name], _ = compare(f"{device} {name}", methods, count, repeats, BF16_TOLERANCE)
+        out[name], _ = compare(f"{runtime.device} {name}", methods, count, repeats, BF16_TOLERANCE)
     return out
 
 
@@ -266,9 +271,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     G_uncond = StyleGenerator(style_config(s)).eval().requires_grad_(False)
     G_cond = SpadeGenerator(spade_config(s)).eval().requires_grad_(False)
-    seeds = [image_seed(args.seed, "uncond", SHARD, k) for k in range(n)]
-    cond_seeds = [image_seed(args.seed, "cond", SHARD, k) for k in range(n)]
-    masks = class_maps(n, s.gan_resolution, G_cond.config.classes, args.seed)
+    seeds, cond_seeds, masks = bench_inputs(G_cond, n, args.seed)
 
     # The CPU runtimes: plain fp32, and the assets' own inference runtime (the headline)
     # (TorchDeviceResource.runtime(inference=True)): fp32 channels_last, or bf16 autocast with
@@ -303,9 +306,10 @@ def main() -> None:
     gpu_gen: dict[str, dict[str, float]] = {}
     if cuda:
         train = cuda_training(s, args.cuda_steps)
-        gpu_gen = cuda_generation(G_uncond, G_cond, max(n, 4 * LARGE_BATCH), args.seed, args.repeats)
-        shards.append(shard_text(G_uncond, TorchRuntime("cuda", torch.bfloat16, True), "bf16 autocast, channels_last, cuda",
-                                 max(n, 4 * LARGE_BATCH), LARGE_BATCH, args.repeats))
+        gpu_n = max(n, 4 * LARGE_BATCH)  # enough batches of 64 to time
+        gpu_gen = cuda_generation(G_uncond, G_cond, gpu_n, args.seed, args.repeats)
+        shards.append(shard_text(G_uncond, CUDA_BF16, "bf16 autocast, channels_last, cuda", gpu_n, LARGE_BATCH,
+                                 args.repeats))
 
     sc, cc = G_uncond.config, G_cond.config
     print(f"device: cpu ({cpu_name()}), {os.cpu_count()} CPU(s), torch threads {args.threads}; "

@@ -32,6 +32,7 @@ from aras_assets.generation.training import (
     plan_resume,
 )
 from resources.device import TorchRuntime
+from tests.test_generation import class_maps  # random land-cover-like class maps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -44,15 +45,6 @@ COUNT = 16
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def class_maps(count: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    masks = np.repeat(rng.integers(0, SPADE.classes, (count, 1, 1)), RES, 1).repeat(RES, 2)
-    for k in range(count):
-        y, x = rng.integers(0, RES // 2, 2)
-        masks[k, y:y + RES // 2, x:x + RES // 2] = rng.integers(0, SPADE.classes)
-    return masks
-
-
 def generated(runtime: TorchRuntime) -> dict[str, np.ndarray]:
     """One batch of each generator (weights from seed 0) on `runtime`, uint8 images."""
     torch.manual_seed(0)
@@ -60,7 +52,7 @@ def generated(runtime: TorchRuntime) -> dict[str, np.ndarray]:
     spade = runtime.prepare(SpadeGenerator(SPADE).eval().requires_grad_(False))
     seeds = [image_seed(0, "uncond", "cuda", k) for k in range(COUNT)]
     return {"uncond": generate_uncond(style, seeds, 0.7, runtime),
-            "cond": generate_cond(spade, class_maps(COUNT), seeds, runtime)}
+            "cond": generate_cond(spade, class_maps(COUNT, RES), seeds, runtime)}
 
 
 def png_hashes() -> dict[str, list[str]]:
@@ -88,7 +80,7 @@ def test_cuda_bf16_images_match_the_cpu_fp32_ones() -> None:
 
 def test_cuda_bf16_training_steps_are_finite_with_lazy_r1() -> None:
     real = torch.rand(8, 3, RES, RES, device="cuda") * 2 - 1
-    masks = torch.from_numpy(class_maps(8)).cuda()
+    masks = torch.from_numpy(class_maps(8, RES)).cuda()
     style = StyleGanTrainer(STYLE, GanTrainConfig(batch_size=8, r1_interval=2), CUDA)
     records = [style.train_step(real) for _ in range(4)]
     spade = SpadeTrainer(SPADE, CondTrainConfig(batch_size=8, cutmix_prob=1.0), CUDA)
