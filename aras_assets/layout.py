@@ -1,0 +1,114 @@
+"""The data layout: every path and file name under the data root, the image origins and the
+caption modes. Paths here are relative to the data root (manifests store them that way);
+`StorageResource.path(layout.x(...))` makes them absolute. Nothing else spells a file name.
+
+    catalog/tiles.parquet                          tile_catalog
+    patches/<tile>/{images,masks}/, manifest.parquet, rejected.parquet     real_patches
+    splits/splits.parquet                          splits
+    models/segmentation/<arch>/model.json, ...     segmentation_model
+    models/gan/<kind>/model.json, ...              uncond_gan, cond_gan
+    labels/<asset>/<partition>/masks/, manifest.parquet   real_patch_labels, uncond_labels
+    synthetic/<origin>/<partition>/{images,masks,parts}/, manifest.parquet  uncond_images, cond_images
+    compositions/<origin>/<partition>.parquet      <origin>_compositions
+    captions/<origin>/<partition>/parts/, captions.parquet                  <origin>_captions
+    eval/segmentation/<arch>/metrics.json, eval/segmentation/tables.md      segmentation_eval
+    eval/generation/fid.json                       gan_fid
+    eval/captions/{redundancy,consistency}.parquet caption_eval
+    mlflow/                                        the default MLflow store
+    sample_region/                                 `aras sample-region`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Image origins: real patches, unconditional and conditional synthetic images.
+REAL, UNCOND, COND = "real", "uncond", "cond"
+ORIGINS = (REAL, UNCOND, COND)
+SYNTHETIC_ORIGINS = (UNCOND, COND)
+# Caption modes, in the order the release runs them.
+TEXT, VISION, HYBRID = "text", "vision", "hybrid"
+CAPTION_MODES = (TEXT, VISION, HYBRID)
+
+# File and folder names.
+MANIFEST = "manifest.parquet"
+REJECTED = "rejected.parquet"
+CAPTIONS = "captions.parquet"
+PARTS = "parts"  # one part per finished batch of a resumable partition
+IMAGES, MASKS = "images", "masks"
+MODEL_RECORD = "model.json"
+SAMPLE_REGION = "sample_region"
+MLFLOW = "mlflow"
+
+CATALOG = Path("catalog", "tiles.parquet")
+SPLITS = Path("splits", "splits.parquet")
+SEGMENTATION_TABLES = Path("eval", "segmentation", "tables.md")
+FID_REPORT = Path("eval", "generation", "fid.json")
+CAPTION_EVAL = Path("eval", "captions")
+
+
+def patches_dir(tile: str) -> Path:
+    return Path("patches", tile)
+
+
+def patch_manifest(tile: str) -> Path:
+    return patches_dir(tile) / MANIFEST
+
+
+def rejected_patches(tile: str) -> Path:
+    return patches_dir(tile) / REJECTED
+
+
+def seg_model_dir(arch: str) -> Path:
+    return Path("models", "segmentation", arch)
+
+
+def gan_model_dir(kind: str) -> Path:
+    return Path("models", "gan", kind)
+
+
+def seg_eval_dir(arch: str) -> Path:
+    return Path("eval", "segmentation", arch)
+
+
+def labels_dir(asset: str, partition: str) -> Path:
+    return Path("labels", asset, partition)
+
+
+def label_manifest(asset: str, partition: str) -> Path:
+    return labels_dir(asset, partition) / MANIFEST
+
+
+def synthetic_dir(origin: str, partition: str) -> Path:
+    return Path("synthetic", origin, partition)
+
+
+def synthetic_manifest(origin: str, partition: str) -> Path:
+    return synthetic_dir(origin, partition) / MANIFEST
+
+
+def compositions_file(origin: str, partition: str) -> Path:
+    return Path("compositions", origin, f"{partition}.parquet")
+
+
+def captions_dir(origin: str, partition: str) -> Path:
+    return Path("captions", origin, partition)
+
+
+def captions_file(origin: str, partition: str) -> Path:
+    return captions_dir(origin, partition) / CAPTIONS
+
+
+# Glob patterns (relative to the data root) over every partition of a kind.
+PATCH_MANIFESTS = f"patches/*/{MANIFEST}"
+SYNTHETIC_MANIFESTS = f"synthetic/*/*/{MANIFEST}"
+COMPOSITION_FILES = "compositions/*/*.parquet"
+CAPTION_FILES = f"captions/*/*/{CAPTIONS}"
+
+
+def synthetic_manifests(origin: str) -> str:
+    return f"synthetic/{origin}/*/{MANIFEST}"
+
+
+def label_manifests(asset: str) -> str:
+    return f"labels/{asset}/*/{MANIFEST}"
