@@ -120,7 +120,7 @@ class Settings:
     cond_vgg_weight: float = 10.0
     cond_images_per_mask: int = 2  # k synthetic images per training patch of a tile
     # Sharded generation and FID.
-    gen_shards: int = 4  # static gen_shard partitions 0000..; read when the definitions load
+    gen_shards: int = 4  # gen_shard partitions 0000..; registered by the generation stage, never removed
     gen_shard_size: int = 16  # images per shard
     gen_batch_size: int = 16
     gen_seed: int = 0
@@ -131,6 +131,9 @@ class Settings:
     backfill_cron: str = "*/15 * * * *"
     backfill_max_partitions: int = 4  # partitions one schedule tick may request
     backfill_assets: tuple[str, ...] = ("real_patches", "uncond_images", "real_captions")
+    # How long a step keeps retrying a transient failure (endpoint down, network read) with
+    # exponential backoff before it fails; 0 = fail at once.
+    retry_window_s: float = 120.0
 
     @property
     def bbox_footprint(self) -> Footprint:
