@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
     from resources.tracking import MlflowResource
 
     root = Path(summary.data_root)
-    archs = [key[len("segmentation["):-1] for key in summary.run_ids if key.startswith("segmentation[")]
+    archs = [key[len("segmentation_job["):-1] for key in summary.run_ids if key.startswith("segmentation_job[")]
     print(f"\nDone: {len(summary.tiles)} tiles -> patches and splits; segmentation: {', '.join(archs) or 'none'}.")
     print(f"  data:        {root}")
     print(f"  patches:     {root / 'patches'}/<tile>/{{images,masks,manifest.parquet}}")

@@ -45,9 +45,7 @@ def step_errors(context: Any = None, retry_window_s: float = 0.0) -> Iterator[No
 
     try:
         yield
-    except BadInputError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    except TransientError as exc:
+    except TransientError as exc:  # checked first: an error that is both (an endpoint down) may pass
         waits = backoff_schedule(retry_window_s)
         attempt = int(getattr(context, "retry_number", 0) or 0)
         if attempt >= len(waits):
@@ -56,3 +54,5 @@ def step_errors(context: Any = None, retry_window_s: float = 0.0) -> Iterator[No
         if context is not None:
             context.log.warning(f"{exc}: retry {attempt + 1} of {len(waits)} in {waits[attempt]:.0f} s")
         raise dg.RetryRequested(max_retries=len(waits), seconds_to_wait=waits[attempt]) from exc
+    except BadInputError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc

@@ -1,7 +1,7 @@
 """The WorldCover 1/12000-degree grid: tile names, footprints and pixel offsets.
 
 S2 RGBNIR composites are 1x1-degree tiles and WorldCover maps 3x3-degree tiles, both on the
-same grid in EPSG:4326, named by their south-west corner (DESIGN.md section 5)."""
+same grid in EPSG:4326, named by their south-west corner (docs/architecture.md section 6)."""
 
 from __future__ import annotations
 

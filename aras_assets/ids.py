@@ -1,4 +1,4 @@
-"""Record ids (DESIGN.md section 3): the id alone names the tile and the pixel window."""
+"""Record ids (docs/architecture.md section 4): the id alone names the tile and the pixel window."""
 
 from __future__ import annotations
 

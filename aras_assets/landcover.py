@@ -1,5 +1,5 @@
 """Land-cover schema shared by every stage: WorldCover codes, the 7 ARAS classes, the
-remap between them and the RGB colours of the mask PNGs (DESIGN.md section 5)."""
+remap between them and the RGB colours of the mask PNGs (docs/architecture.md section 6)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from aras_assets.errors import BadInputError
 
 # ESA WorldCover 2021 v200 legend.
 WORLDCOVER_CLASSES: dict[int, str] = {
@@ -57,7 +59,7 @@ UNKNOWN_INDEX = 254
 PALETTE = np.array([c.colour for c in CLASSES], dtype=np.uint8)
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(BadInputError, ValueError):
     """A label raster holds a value outside the WorldCover legend."""
 
 
@@ -92,7 +94,7 @@ def label_lut(remap: Mapping[int, int] = DEFAULT_REMAP) -> np.ndarray:
 def mask_to_rgb(classes: np.ndarray) -> np.ndarray:
     """Class-index mask (H, W) to the release's RGB colours (H, W, 3)."""
     if classes.size and int(classes.max()) >= NUM_CLASSES:
-        raise ValueError(f"mask holds class {int(classes.max())}; valid are 0..{NUM_CLASSES - 1}")
+        raise UnknownLabelError(f"mask holds class {int(classes.max())}; valid are 0..{NUM_CLASSES - 1}")
     return PALETTE[classes]
 
 
@@ -105,6 +107,6 @@ def rgb_to_mask(rgb: np.ndarray, source: str = "mask") -> np.ndarray:
     found = keys[order][pos] == packed
     if not found.all():
         y, x = np.argwhere(~found)[0]
-        raise ValueError(f"{source}: colour {tuple(int(v) for v in rgb[y, x])} at pixel (row {y}, col {x}) "
+        raise UnknownLabelError(f"{source}: colour {tuple(int(v) for v in rgb[y, x])} at pixel (row {y}, col {x}) "
                          f"is not in the land-cover palette ({int((~found).sum())} such pixels)")
     return order[pos].astype(np.uint8)

@@ -1,6 +1,8 @@
 """Running the whole pipeline in the project's Dagster instance, stage by stage, as the
-`aras demo` and `aras run` commands do. Every run is recorded, so `dagster dev` on the same
-instance shows the materializations."""
+`aras demo` and `aras run` commands do. The stages and their order come from the asset graph
+(`aras_assets.graph`); each stage runs once, or once per partition of its dimension: the
+catalog's tiles, the `seg_archs`, the `gen_shards`. Every run is recorded, so `dagster dev` on
+the same instance shows the materializations."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import dagster as dg
 import polars as pl
 from tqdm import tqdm
 
+from aras_assets import layout
 from aras_assets.instance import ensure_dagster_home
-from aras_assets.partitions import S2_TILE_PARTITIONS, gen_shard_keys, gen_shard_partitions
-from aras_assets.settings import load_settings
+from aras_assets.partitions import ARCH_PARTITIONS, GEN_SHARD_PARTITIONS, S2_TILE_PARTITIONS, gen_shard_keys, register_gen_shards
+from aras_assets.settings import Settings, load_settings
 from aras_assets.sources.sample_region import SAMPLE_TILES, write_sample_region
 from resources.storage import StorageResource
 
@@ -24,6 +27,11 @@ class PipelineSummary:
     data_root: str
     run_ids: dict[str, str] = field(default_factory=dict)
     tiles: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # job -> why it did not run
+
+
+class StageFailed(RuntimeError):
+    """A stage's run failed; the message names the job, the partition, the run and the cause."""
 
 
 def _run_config(profile: str, overrides: Mapping[str, str], quiet: bool) -> dict:
@@ -33,12 +41,24 @@ def _run_config(profile: str, overrides: Mapping[str, str], quiet: bool) -> dict
     return config
 
 
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    failure = next((e for e in result.all_events if e.is_failure), None)
+    error = getattr(failure.event_specific_data, "error", None) if failure and failure.event_specific_data else None
+    return error.message.strip() if error else "see the run in the Dagster UI"
+
+
+def partition_keys(dimension: str | None, settings: Settings, tiles: list[str]) -> list[str | None]:
+    """What one stage runs over: once (unpartitioned), or each key of its dimension."""
+    if dimension is None:
+        return [None]
+    return {S2_TILE_PARTITIONS: list(tiles), ARCH_PARTITIONS: list(settings.seg_archs),
+            GEN_SHARD_PARTITIONS: gen_shard_keys(settings.gen_shards)}[dimension]
+
+
 def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None = None,
                  quiet: bool = True, say: Callable[[str], None] = print) -> PipelineSummary:
-    """Materialize every stage: sample region (demo), catalog, patches, splits, segmentation
-    models of `seg_archs` with their evaluation, labels and captions of the real patches, both
-    GANs, the unconditional shards (labelled, captioned), the conditional images of every tile
-    (captioned), FID, and the caption evaluation over all origins."""
+    """Materialize every stage of the graph in order. A stage with nothing to run (no
+    `seg_archs`, say) is skipped, and so is every stage that reads from a skipped one."""
     home = ensure_dagster_home()
     overrides = dict(overrides or {})
     profile = overrides.pop("profile", profile)
@@ -50,51 +70,46 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
         write_sample_region(folder, settings.sample_seed, settings.sample_tile_px, SAMPLE_TILES, progress=say)
 
     import definitions  # the same Definitions `dagster dev` serves
+    from aras_assets.graph import ASSETS, STAGE_JOBS, upstream
 
     instance = dg.DagsterInstance.get()
     summary = PipelineSummary(str(home), str(storage.root_path))
     config = _run_config(settings.profile, overrides, quiet)
+    register_gen_shards(instance, settings.gen_shards)  # shards of this run's settings, before any shard stage
+    deps = upstream(ASSETS)
+    skipped_keys: set[dg.AssetKey] = set()
 
-    def execute(job: str, partition_key: str | None = None) -> str:
+    def execute(job: str, partition_key: str | None) -> str:
         result = definitions.defs.resolve_job_def(job).execute_in_process(
             instance=instance, run_config=config, partition_key=partition_key, raise_on_error=False)
         if not result.success:
-            failure = next((e for e in result.all_events if e.is_failure), None)
-            message = failure.event_specific_data.error.message if failure and failure.event_specific_data \
-                and getattr(failure.event_specific_data, "error", None) else "see the run in the Dagster UI"
-            raise RuntimeError(f"{job}{f' [{partition_key}]' if partition_key else ''} failed "
-                               f"(run {result.run_id}): {message.strip()}")
+            where = f" [{partition_key}]" if partition_key else ""
+            raise StageFailed(f"{job}{where} failed (run {result.run_id}): {_failure_message(result)}")
         return result.run_id
 
-    say("tile_catalog ...")
-    summary.run_ids["tile_catalog"] = execute("catalog_job")
-    summary.tiles = pl.read_parquet(storage.path("catalog", "tiles.parquet"))["s2_tile"].to_list()
-    unregistered = set(summary.tiles) - set(instance.get_dynamic_partitions(S2_TILE_PARTITIONS))
-    if unregistered:
-        raise RuntimeError(f"tile_catalog did not register partitions for {sorted(unregistered)}")
-    for tile in tqdm(summary.tiles, desc="real_patches", unit="tile"):
-        summary.run_ids[f"real_patches[{tile}]"] = execute("patches_job", tile)
-    say("splits ...")
-    summary.run_ids["splits"] = execute("splits_job")
-    for arch in tqdm(settings.seg_archs, desc="segmentation_model + eval", unit="arch"):
-        summary.run_ids[f"segmentation[{arch}]"] = execute("segmentation_job", arch)
-    if settings.seg_archs:
-        for tile in tqdm(summary.tiles, desc="real_patch_labels", unit="tile"):
-            summary.run_ids[f"real_patch_labels[{tile}]"] = execute("labels_job", tile)
-    for tile in tqdm(summary.tiles, desc="real_captions", unit="tile"):
-        summary.run_ids[f"real_captions[{tile}]"] = execute("captions_job", tile)
-    if settings.seg_archs:  # the GANs' FID and the synthetic labels need a segmentation model
-        say("uncond_gan + cond_gan ...")
-        summary.run_ids["gans"] = execute("gan_training_job")
-        shards = [k for k in gen_shard_keys(settings.gen_shards) if k in gen_shard_partitions.get_partition_keys()]
-        for shard in tqdm(shards, desc="uncond_images + labels + captions", unit="shard"):
-            summary.run_ids[f"uncond_images[{shard}]"] = execute("uncond_generation_job", shard)
-            summary.run_ids[f"uncond_captions[{shard}]"] = execute("uncond_captions_job", shard)
-        for tile in tqdm(summary.tiles, desc="cond_images + captions", unit="tile"):
-            summary.run_ids[f"cond_images[{tile}]"] = execute("cond_generation_job", tile)
-            summary.run_ids[f"cond_captions[{tile}]"] = execute("cond_captions_job", tile)
-        say("gan_fid ...")
-        summary.run_ids["gan_fid"] = execute("fid_job")
-    say("caption_eval ...")
-    summary.run_ids["caption_eval"] = execute("caption_eval_job")
+    for job, (stage, _) in STAGE_JOBS.items():
+        blocked = sorted({d.to_user_string() for k in stage.keys for d in deps[k] if d in skipped_keys})
+        keys = partition_keys(stage.dimension, settings, summary.tiles)
+        if blocked or not keys:
+            summary.skipped[job] = f"reads skipped {', '.join(blocked)}" if blocked else f"no {stage.dimension} to run"
+            skipped_keys |= set(stage.keys)
+            say(f"{job}: skipped ({summary.skipped[job]})")
+            continue
+        what = ", ".join(k.to_user_string() for k in stage.keys)
+        if keys == [None]:
+            say(f"{what} ...")
+            summary.run_ids[job] = execute(job, None)
+        else:
+            for key in tqdm(keys, desc=what, unit=stage.dimension):
+                summary.run_ids[f"{job}[{key}]"] = execute(job, key)
+        if dg.AssetKey("tile_catalog") in stage.keys:
+            summary.tiles = _catalogued_tiles(instance, storage)
     return summary
+
+
+def _catalogued_tiles(instance: dg.DagsterInstance, storage: StorageResource) -> list[str]:
+    tiles = pl.read_parquet(storage.path(layout.CATALOG))["s2_tile"].to_list()
+    unregistered = set(tiles) - set(instance.get_dynamic_partitions(S2_TILE_PARTITIONS))
+    if unregistered:
+        raise StageFailed(f"tile_catalog did not register partitions for {sorted(unregistered)}")
+    return tiles

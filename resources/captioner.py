@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import dagster as dg
 
+from aras_assets.errors import BadInputError, TransientError
+
 PNG_DATA_URL_PREFIX = "data:image/png;base64,"
 RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx
 SNIPPET_CHARS = 300
@@ -47,8 +49,16 @@ class SamplingConfig:
     max_tokens: int = 100
 
 
-class CaptionBackendError(RuntimeError):
+class CaptionBackendError(BadInputError, RuntimeError):
     """Any captioning backend failure; the message names the endpoint or model, the request and the cause."""
+
+
+class CaptionEndpointUnavailable(CaptionBackendError, TransientError):
+    """The endpoint is down, times out or keeps answering 5xx / 429: the step retries later."""
+
+
+class CaptionerConfigError(BadInputError, ValueError):
+    """The captioner resource is configured wrongly (no endpoint, no model)."""
 
 
 def _snippet(text: str | bytes, limit: int = SNIPPET_CHARS) -> str:
@@ -106,7 +116,7 @@ class OpenAICompatibleClient:
         concurrency: int = 8,
     ):
         if not base_url:
-            raise ValueError("OpenAICompatibleClient needs a base_url such as http://127.0.0.1:8000/v1")
+            raise CaptionerConfigError("OpenAICompatibleClient needs a base_url such as http://127.0.0.1:8000/v1")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key
@@ -189,7 +199,7 @@ class OpenAICompatibleClient:
                     continue
                 state = "is down" if exc.down else "keeps failing"
                 tries = f"{attempts} attempt" + ("s" if attempts > 1 else "")
-                raise CaptionBackendError(f"endpoint {self.url} {state}: {exc} ({where}, {tries})") from exc
+                raise CaptionEndpointUnavailable(f"endpoint {self.url} {state}: {exc} ({where}, {tries})") from exc
         raise AssertionError("unreachable")
 
     def _parse(self, raw: bytes, n: int, where: str) -> list[str]:
@@ -248,7 +258,7 @@ class VllmEngine:
         **engine_kwargs: Any,
     ):
         if not model:
-            raise ValueError("VllmEngine needs a model (a Hugging Face id or a local path)")
+            raise CaptionerConfigError("VllmEngine needs a model (a Hugging Face id or a local path)")
         self.model = model
         self.max_model_len = max_model_len
         self.limit_mm_per_prompt = limit_mm_per_prompt
@@ -368,7 +378,7 @@ class CaptionerResource(dg.ConfigurableResource):
         if self.backend == "openai":
             missing = [name for name in ("endpoint", "model") if not getattr(self, name)]
             if missing:
-                raise ValueError(
+                raise CaptionerConfigError(
                     f"captioner backend 'openai' needs {' and '.join(missing)} "
                     "(e.g. endpoint='http://127.0.0.1:8000/v1' and the served model name)"
                 )
@@ -382,7 +392,7 @@ class CaptionerResource(dg.ConfigurableResource):
                 concurrency=self.concurrency,
             )
         if not self.model:
-            raise ValueError("captioner backend 'vllm' needs model (a Hugging Face id or a local path)")
+            raise CaptionerConfigError("captioner backend 'vllm' needs model (a Hugging Face id or a local path)")
         return VllmEngine(
             self.model,
             max_model_len=self.max_model_len,

@@ -13,6 +13,8 @@ from typing import Any
 
 import dagster as dg
 
+from aras_assets.errors import BadInputError
+
 
 class _DropRandomInitWarning(logging.Filter):
     """open_clip warns on the root logger that a model built with pretrained=None is randomly initialised;
@@ -22,7 +24,7 @@ class _DropRandomInitWarning(logging.Filter):
         return not record.getMessage().startswith("No pretrained weights loaded")
 
 
-class ClipWeightsError(ValueError):
+class ClipWeightsError(BadInputError, ValueError):
     """The weights file is missing, unreadable, or holds the weights of another model."""
 
 
@@ -42,15 +44,15 @@ class ClipModel:
 
 
 def _config_name(model_name: str) -> str:
-    """The open_clip config name (`ViT-B/32` spelled as `ViT-B-32`), or ValueError for an unknown one."""
+    """The open_clip config name (`ViT-B/32` spelled as `ViT-B-32`), or ClipWeightsError for an unknown one."""
     import open_clip
 
     if model_name.startswith(("hf-hub:", "local-dir:")):
-        raise ValueError(f"CLIP model_name {model_name!r}: only open_clip config names are accepted here "
+        raise ClipWeightsError(f"CLIP model_name {model_name!r}: only open_clip config names are accepted here "
                          "(weights come from a local file, never from a hub or a model folder)")
     name = model_name.replace("/", "-")
     if open_clip.get_model_config(name) is None:
-        raise ValueError(f"unknown open_clip model config {model_name!r}; known: {', '.join(open_clip.list_models())}")
+        raise ClipWeightsError(f"unknown open_clip model config {model_name!r}; known: {', '.join(open_clip.list_models())}")
     return name
 
 
@@ -151,6 +153,6 @@ class ClipResource(dg.ConfigurableResource):
 
     def load(self, device: str = "cpu") -> ClipModel:
         if not self.configured:
-            raise ValueError(f"ClipResource.weights_path is empty: set it to a local open_clip state dict for "
+            raise ClipWeightsError(f"ClipResource.weights_path is empty: set it to a local open_clip state dict for "
                              f"{self.model_name!r} to compute CLIPScore")
         return load_clip(self.model_name, self.weights_path.strip(), device=device)

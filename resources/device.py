@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import dagster as dg
 
+from aras_assets.errors import BadInputError
+
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -91,7 +93,7 @@ class TorchDeviceResource(dg.ConfigurableResource):
         import torch
 
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was configured but torch sees no CUDA GPU; set device to 'auto' or 'cpu'")
+            raise BadInputError("device 'cuda' was configured but torch sees no CUDA GPU; set device to 'auto' or 'cpu'")
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)

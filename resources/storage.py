@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from aras_assets.errors import BadInputError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,7 +22,7 @@ def default_data_root() -> str:
     return os.environ.get("ARAS_DATA_ROOT") or str(PROJECT_ROOT / "data")
 
 
-class StorageError(OSError):
+class StorageError(BadInputError, OSError):
     """The dataset root cannot be used (missing permissions, not a folder)."""
 
 
@@ -88,7 +90,7 @@ class StorageResource(dg.ConfigurableResource):
     def root_path(self) -> Path:
         return Path(self.root or default_data_root()).expanduser().resolve()
 
-    def path(self, *parts: str) -> Path:
+    def path(self, *parts: str | Path) -> Path:
         return self.root_path.joinpath(*parts)
 
     def resolve(self, location: str) -> Path:
@@ -96,7 +98,7 @@ class StorageResource(dg.ConfigurableResource):
         p = Path(location).expanduser()
         return p if p.is_absolute() else self.root_path / p
 
-    def writable_dir(self, *parts: str) -> Path:
+    def writable_dir(self, *parts: str | Path) -> Path:
         folder = self.path(*parts)
         check_writable(folder)
         return folder

@@ -80,3 +80,22 @@ def test_aras_demo_end_to_end(cli_env, tmp_path):
     image_id = uncond["image_id"][3]
     regen = run([str(BIN / "aras"), "regenerate", image_id], env)
     assert "byte-identical" in regen.stdout
+
+
+@pytest.mark.slow
+def test_aras_run_set_gen_shards_makes_that_many_shards(cli_env, tmp_path):
+    """`--set gen_shards=6` takes effect without ARAS_GEN_SHARDS in the environment: the shards
+    are partitions of the run's settings, not of the settings when the definitions loaded."""
+    tiny = ["sample_tile_px=512", "seg_archs=[\"pan\"]", "seg_epochs=1", "gan_steps=4", "cond_steps=4",
+            "gan_fid_every=0", "gen_shards=6", "gen_shard_size=2", "cond_images_per_mask=1", "caption_modes=[\"text\"]",
+            "captions_per_image=1", "fid_images=16"]
+    env = {**cli_env}
+    env.pop("ARAS_TILE_SOURCE")
+    proc = run([str(BIN / "aras"), "run", "--profile", "demo", *[a for kv in tiny for a in ("--set", kv)]], env)
+    assert "Done: 4 tiles" in proc.stdout
+    shards = sorted(p.parent.name for p in (tmp_path / "data" / "synthetic" / "uncond").glob("*/manifest.parquet"))
+    assert shards == [f"{i:04d}" for i in range(6)]
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert instance.get_dynamic_partitions("gen_shard") == shards
+        done = instance.get_materialized_partitions(dg.AssetKey("uncond_captions"))
+        assert sorted(done) == shards

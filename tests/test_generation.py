@@ -24,7 +24,6 @@ from aras_assets.generation.augment import POLICIES, cutout, diff_augment, trans
 from aras_assets.generation.data import GenerationError, to_uint8
 from aras_assets.generation.fid import FeatureStats, FidError, feature_stats, fid_from_stats, frechet_distance
 from aras_assets.generation.layers import StyledLayer, modulated_conv2d, modulated_conv2d_grouped, upsample2x
-from aras_assets.generation.manifest import MANIFEST, PARTS
 from aras_assets.generation.perceptual import PerceptualLoss, load_vgg_loss
 from aras_assets.generation.regenerate import Regenerated
 from aras_assets.generation.sampling import (
@@ -51,6 +50,7 @@ from aras_assets.generation.training import (
     load_generator,
     plan_resume,
 )
+from aras_assets.layout import MANIFEST, PARTS
 from resources.device import TorchRuntime
 
 CPU = TorchRuntime("cpu")

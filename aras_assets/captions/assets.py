@@ -9,31 +9,28 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from aras_assets import layout
 from aras_assets.captions.captioning import CaptionError, CaptionJob, caption_partition
 from aras_assets.captions.clipscore import clip_scores
-from aras_assets.captions.composition import SHARE_COLUMNS, CompositionError, compute_composition
+from aras_assets.captions.composition import SHARE_COLUMNS, compute_composition
 from aras_assets.captions.evaluation import (
     PAPER_REDUNDANCY,
     PAPER_TABLE2,
     consistency_frame,
     redundancy_table,
 )
-from aras_assets.captions.prompts import PromptTemplateError, prompt_templates
-from aras_assets.generation.assets import cond_images, uncond_labels
-from aras_assets.generation.manifest import MANIFEST
+from aras_assets.captions.prompts import prompt_templates
+from aras_assets.errors import BadInputError, step_errors
 from aras_assets.landcover import CLASS_NAMES
+from aras_assets.layout import COND, REAL, UNCOND
 from aras_assets.partitions import gen_shard_partitions, s2_tile_partitions
 from aras_assets.previews import markdown_table
 from aras_assets.segmentation.data import read_mask
 from aras_assets.settings import SettingsResource
-from aras_assets.sources.assets import bad_input_as_failure, read_tile_manifest, real_patches
+from aras_assets.sources.records import read_tile_manifest
 from resources import StorageResource
-from resources.captioner import CaptionBackendError, CaptionerResource, SamplingConfig
-from resources.clip import ClipResource, ClipWeightsError
-
-CAPTION_ERRORS = (CaptionError, CompositionError, PromptTemplateError, CaptionBackendError, ClipWeightsError)
-REAL, UNCOND, COND = "real", "uncond", "cond"
-
+from resources.captioner import CaptionerResource, SamplingConfig
+from resources.clip import ClipResource
 
 # Each image origin gives, per partition, its images' masks (image_id, mask_path) and files
 # (image_id, image_path, absolute); paths in manifests are relative to the data root.
@@ -57,7 +54,7 @@ def real_images(storage: StorageResource, tile: str) -> pl.DataFrame:
 
 def uncond_masks(storage: StorageResource, shard: str) -> pl.DataFrame:
     """The labeler's pseudo-labels of the shard's images."""
-    return _read(storage.path("labels", "uncond_labels", shard, "manifest.parquet"), ["image_id", "mask_path"],
+    return _read(storage.path(layout.label_manifest("uncond_labels", shard)), ["image_id", "mask_path"],
                  f"shard {shard} has no labels: materialize uncond_labels[{shard}] first")
 
 
@@ -65,7 +62,7 @@ def synthetic_column(origin: str, column: str) -> ImagesFor:
     """image_id and `column` (image_path, or mask_path: a conditional image's label is its
     conditioning mask) of a partition's synthetic manifest."""
     def read(storage: StorageResource, partition: str) -> pl.DataFrame:
-        return _read(storage.path("synthetic", origin, partition, MANIFEST), ["image_id", column],
+        return _read(storage.path(layout.synthetic_manifest(origin, partition)), ["image_id", column],
                      f"no {origin} images in {partition}: materialize {origin}_images[{partition}] first")
     return read
 
@@ -76,7 +73,7 @@ def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.Part
               partitions_def=partitions_def, deps=deps)
     def _compositions(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         partition = context.partition_key
-        with bad_input_as_failure(*CAPTION_ERRORS):
+        with step_errors(context):
             masks = masks_for(storage, partition)
             rows = []
             for image_id, mask_path in masks.select("image_id", "mask_path").iter_rows():
@@ -87,7 +84,8 @@ def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.Part
             frame = pl.DataFrame(rows, schema={"image_id": pl.String, "origin": pl.String, "mask_path": pl.String,
                                                **{c: pl.Float64 for c in SHARE_COLUMNS}, "layout_json": pl.String,
                                                "dominant": pl.String})
-            out = storage.writable_dir("compositions", origin) / f"{partition}.parquet"
+            out = storage.path(layout.compositions_file(origin, partition))
+            storage.writable_dir(out.parent)
             storage.write_parquet(frame, out)
         return dg.MaterializeResult(metadata={
             "images": frame.height, "path": dg.MetadataValue.path(str(out)),
@@ -119,8 +117,8 @@ def captions_asset(origin: str, images_for: ImagesFor, compositions: dg.AssetsDe
                   captioner: CaptionerResource) -> dg.MaterializeResult:
         partition = context.partition_key
         s = settings.get()
-        with bad_input_as_failure(*CAPTION_ERRORS):
-            comp_path = storage.path("compositions", origin, f"{partition}.parquet")
+        with step_errors(context, s.retry_window_s):
+            comp_path = storage.path(layout.compositions_file(origin, partition))
             if not comp_path.exists():
                 raise CaptionError(f"no compositions for {origin} {partition}: materialize "
                                    f"{origin}_compositions[{partition}] first")
@@ -128,7 +126,7 @@ def captions_asset(origin: str, images_for: ImagesFor, compositions: dg.AssetsDe
                 "image_id", (pl.lit(f"{storage.root_path}/") + pl.col("image_path")).alias("image_path")) \
                 .join(pl.read_parquet(comp_path).drop("origin", "mask_path"), on="image_id", how="left")
             job = caption_job(settings, captioner)
-            folder = storage.writable_dir("captions", origin, partition)
+            folder = storage.writable_dir(layout.captions_dir(origin, partition))
 
             def progress(done: int, total: int) -> None:
                 context.log.info(f"{origin} {partition}: {done}/{total} images captioned")
@@ -141,33 +139,33 @@ def captions_asset(origin: str, images_for: ImagesFor, compositions: dg.AssetsDe
             "captions": captions.height, "images": images.height, "captioned_now": new,
             "backend": job.backend, "model": job.model, "modes": ", ".join(job.modes),
             "unique_captions": captions["text"].n_unique(),
-            "path": dg.MetadataValue.path(str(folder / "captions.parquet")),
+            "path": dg.MetadataValue.path(str(folder / layout.CAPTIONS)),
             "examples": dg.MetadataValue.md(markdown_table(sample)),
         })
 
     return _captions
 
 
-real_compositions = compositions_asset(REAL, real_masks, s2_tile_partitions, [real_patches])
+real_compositions = compositions_asset(REAL, real_masks, s2_tile_partitions, ["real_patches"])
 real_captions = captions_asset(REAL, real_images, real_compositions, s2_tile_partitions)
-uncond_compositions = compositions_asset(UNCOND, uncond_masks, gen_shard_partitions, [uncond_labels])
+uncond_compositions = compositions_asset(UNCOND, uncond_masks, gen_shard_partitions, ["uncond_labels"])
 uncond_captions = captions_asset(UNCOND, synthetic_column(UNCOND, "image_path"), uncond_compositions, gen_shard_partitions)
-cond_compositions = compositions_asset(COND, synthetic_column(COND, "mask_path"), s2_tile_partitions, [cond_images])
+cond_compositions = compositions_asset(COND, synthetic_column(COND, "mask_path"), s2_tile_partitions, ["cond_images"])
 cond_captions = captions_asset(COND, synthetic_column(COND, "image_path"), cond_compositions, s2_tile_partitions)
 CAPTION_ASSETS = [real_captions, uncond_captions, cond_captions]
 
 
-@dg.asset(group_name="captions", code_version="1", kinds={"parquet"},
+@dg.asset(group_name="evaluation", code_version="1", kinds={"parquet"},
           deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in CAPTION_ASSETS])
 def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, clip: ClipResource) -> dg.MaterializeResult:
     """Redundancy per origin and mode (beside the paper's Table 2), caption-mask consistency per
     mode with the contradicting captions listed, and CLIPScore when local CLIP weights are set."""
-    paths = sorted(storage.path("captions").glob("*/*/captions.parquet"))
-    if not paths:
-        raise dg.Failure(description="no captions yet: materialize real_captions (or uncond_ / cond_captions) first",
-                         allow_retries=False)
+    paths = sorted(storage.root_path.glob(layout.CAPTION_FILES))
+    with step_errors(context):
+        if not paths:
+            raise BadInputError("no captions yet: materialize real_captions (or uncond_ / cond_captions) first")
     captions = pl.concat([pl.read_parquet(p) for p in paths])
-    compositions = pl.concat([pl.read_parquet(p) for p in sorted(storage.path("compositions").glob("*/*.parquet"))])
+    compositions = pl.concat([pl.read_parquet(p) for p in sorted(storage.root_path.glob(layout.COMPOSITION_FILES))])
     table = redundancy_table(captions)
     paper = [PAPER_TABLE2.get((o, m), PAPER_REDUNDANCY["overall"] if (o, m) == ("all", "all") else None)
              for o, m in table.select("origin", "mode").iter_rows()]
@@ -179,7 +177,7 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
         (pl.col("contradictions") != "").sum().alias("contradicting")).sort("origin", "mode")
     contradicting = consistency.filter(pl.col("contradictions") != "").join(
         captions.select("caption_id", "text"), on="caption_id")
-    folder = storage.writable_dir("eval", "captions")
+    folder = storage.writable_dir(layout.CAPTION_EVAL)
     storage.write_parquet(table, folder / "redundancy.parquet")
     storage.write_parquet(consistency, folder / "consistency.parquet")
     overall = table.filter((pl.col("origin") == "all") & (pl.col("mode") == "all")).row(0, named=True)
@@ -198,7 +196,7 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
         metadata["clipscore"] = "not computed: no CLIP weights configured (set the clip resource's weights_path)"
         context.log.info("CLIPScore skipped: no local CLIP weights configured")
     else:
-        with bad_input_as_failure(*CAPTION_ERRORS):
+        with step_errors(context):
             scores = captions_clipscore(clip, captions, storage)
         by_mode = captions.select("origin", "mode").with_columns(pl.Series("clipscore", scores)) \
             .group_by("origin", "mode").agg(pl.col("clipscore").mean()).sort("origin", "mode")
@@ -212,9 +210,9 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
 def captions_clipscore(clip: ClipResource, captions: pl.DataFrame, storage: StorageResource) -> np.ndarray:
     """CLIPScore of every caption against its image, each image encoded once."""
     frames = [pl.read_parquet(p, columns=["patch_id", "image_path"]).rename({"patch_id": "image_id"})
-              for p in sorted(storage.path("patches").glob("*/manifest.parquet"))]
+              for p in sorted(storage.root_path.glob(layout.PATCH_MANIFESTS))]
     frames += [pl.read_parquet(p, columns=["image_id", "image_path"])
-               for p in sorted(storage.path("synthetic").glob("*/*/manifest.parquet"))]
+               for p in sorted(storage.root_path.glob(layout.SYNTHETIC_MANIFESTS))]
     paths = dict(pl.concat(frames).iter_rows()) if frames else {}
     image_ids = captions["image_id"].unique(maintain_order=True).to_list()
     lost = [i for i in image_ids if i not in paths]
@@ -231,15 +229,3 @@ def _rounded(frame: pl.DataFrame) -> list[dict]:
 
 ASSETS = [real_compositions, real_captions, uncond_compositions, uncond_captions, cond_compositions, cond_captions,
           caption_eval]
-captions_job = dg.define_asset_job("captions_job", selection=[real_compositions, real_captions],
-                                   partitions_def=s2_tile_partitions,
-                                   description="Compositions and captions of one tile's real patches.")
-uncond_captions_job = dg.define_asset_job(
-    "uncond_captions_job", selection=[uncond_compositions, uncond_captions], partitions_def=gen_shard_partitions,
-    description="Compositions (from the labeler's masks) and captions of one shard of unconditional images.")
-cond_captions_job = dg.define_asset_job(
-    "cond_captions_job", selection=[cond_compositions, cond_captions], partitions_def=s2_tile_partitions,
-    description="Compositions (from the conditioning masks) and captions of one tile's conditional images.")
-caption_eval_job = dg.define_asset_job("caption_eval_job", selection=[caption_eval],
-                                       description="Redundancy, consistency and CLIPScore of all captions.")
-JOBS = [captions_job, uncond_captions_job, cond_captions_job, caption_eval_job]

@@ -16,6 +16,7 @@ import polars as pl
 from aras_assets.captions.composition import SHARE_COLUMNS, Composition
 from aras_assets.captions.offline import offline_captions
 from aras_assets.captions.prompts import PromptTemplate
+from aras_assets.errors import BadInputError
 from resources.captioner import ChatRequest, SamplingConfig
 from resources.storage import write_parquet_atomic
 
@@ -27,7 +28,7 @@ CAPTION_SCHEMA = {
 PARTS = "parts"
 
 
-class CaptionError(ValueError):
+class CaptionError(BadInputError, ValueError):
     """Images that cannot be captioned (no composition) or captions that cannot be used."""
 
 

@@ -9,13 +9,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from aras_assets.errors import BadInputError
 from aras_assets.landcover import CLASS_NAMES, NUM_CLASSES, WATER_INDEX
 
 REGIONS = (("north-west", "north", "north-east"), ("west", "centre", "east"), ("south-west", "south", "south-east"))
 SHARE_COLUMNS = [f"pct_{name}" for name in CLASS_NAMES]
 
 
-class CompositionError(ValueError):
+class CompositionError(BadInputError, ValueError):
     """A mask that cannot be described (empty, wrong shape, unknown class)."""
 
 

@@ -1,4 +1,4 @@
-"""The release's Text, Vision and Hybrid prompts (DESIGN.md section 5), and templates in their
+"""The release's Text, Vision and Hybrid prompts (docs/architecture.md section 6), and templates in their
 place when configured. `{class_info}` is the only placeholder: "Tree (45.12%), Grass (30.00%)",
 classes above 0% in class order, two decimals."""
 
@@ -9,6 +9,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aras_assets.errors import BadInputError
 from aras_assets.landcover import CLASS_NAMES
 
 MODES = ("text", "vision", "hybrid")
@@ -24,7 +25,7 @@ HYBRID_USER = ("This remote sensing image contains the following land cover dist
 MAX_NEW_TOKENS = 100
 
 
-class PromptTemplateError(ValueError):
+class PromptTemplateError(BadInputError, ValueError):
     """A template with a placeholder we cannot fill."""
 
 

@@ -12,18 +12,18 @@ import numpy as np
 import polars as pl
 import torch
 
+from aras_assets import layout
+from aras_assets.errors import BadInputError, step_errors
 from aras_assets.generation.configs import cond_recipe, expected_config, spade_config, style_config, uncond_recipe
 from aras_assets.generation.data import GanPatches, GenerationError, endless_batches, resized_image, resized_mask
 from aras_assets.generation.fid import (
     PAPER_FID,
     FeatureStats,
-    FidError,
     encoder_feature_fn,
     feature_stats,
     fid_from_stats,
     inception_feature_fn,
 )
-from aras_assets.generation.manifest import MANIFEST
 from aras_assets.generation.perceptual import load_vgg_loss
 from aras_assets.generation.sampling import (
     GeneratorRun,
@@ -47,10 +47,10 @@ from aras_assets.generation.training import (
     plan_resume,
 )
 from aras_assets.landcover import mask_to_rgb
-from aras_assets.partitions import gen_shard_partitions, s2_tile_partitions
+from aras_assets.partitions import gen_shard_partitions, register_gen_shards, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table, picture_rows
-from aras_assets.segmentation.assets import SEG_ERRORS, labeler_asset, read_training_data, segmentation_model
-from aras_assets.segmentation.data import SplitError, split_records
+from aras_assets.segmentation.data import split_records
+from aras_assets.segmentation.labeler_asset import labeler_asset
 from aras_assets.segmentation.models import load_model
 from aras_assets.segmentation.registry import (
     ModelVersionRef,
@@ -62,11 +62,10 @@ from aras_assets.segmentation.registry import (
     start_run,
 )
 from aras_assets.settings import Settings, SettingsResource
-from aras_assets.sources.assets import SPLITS_PATH, bad_input_as_failure, read_tile_manifest, real_patches, splits
+from aras_assets.sources.records import read_training_data, tile_training_patches
 from resources import MlflowResource, StorageResource, TorchDeviceResource
 from resources.device import TorchRuntime
 
-GEN_ERRORS = (*SEG_ERRORS, GenerationError, FidError, ValueError)
 MODEL_NAMES = {UNCOND: "aras-gan-uncond", COND: "aras-gan-cond"}
 TRAINING_ASSET = {UNCOND: "uncond_gan", COND: "cond_gan"}
 FID_FEATURE_SIZE = 256  # the segmentation encoder sees images at the size it was trained on
@@ -106,19 +105,8 @@ def image_stats(storage: StorageResource, picks: pl.DataFrame, resolution: int, 
     return feature_stats(image_batches(paths, resolution), fn, size, device)
 
 
-def tile_training_patches(storage: StorageResource, tile: str) -> pl.DataFrame:
-    """patch_id and mask_path of one tile's training patches, by patch id (image indices follow
-    this order, so it must not vary)."""
-    path = storage.path(*SPLITS_PATH)
-    if not path.exists():
-        raise SplitError(f"no splits at {path}: materialize splits first")
-    train = pl.scan_parquet(path).filter((pl.col("s2_tile") == tile) & (pl.col("split") == "train")) \
-        .select("patch_id").collect()
-    return read_tile_manifest(storage, tile, ["patch_id", "mask_path"]).join(train, on="patch_id").sort("patch_id")
-
-
 def gan_record(storage: StorageResource, kind: str) -> dict:
-    path = storage.path("models", "gan", kind, "model.json")
+    path = storage.path(layout.gan_model_dir(kind), layout.MODEL_RECORD)
     if not path.exists():
         raise GenerationError(f"no trained {kind} generator is registered: materialize {TRAINING_ASSET[kind]} first")
     return json.loads(path.read_text())
@@ -149,7 +137,7 @@ def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage
               device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """Shared body of uncond_gan and cond_gan."""
     runtime = device.runtime()
-    with bad_input_as_failure(*GEN_ERRORS):
+    with step_errors(context, s.retry_window_s):
         records, data_version = train_records(storage)
         dataset = GanPatches(storage.root_path, records, s.gan_resolution)
         if kind == UNCOND:
@@ -159,7 +147,7 @@ def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage
             perceptual = load_vgg_loss(s.cond_vgg_weights).to(runtime.torch_device) if s.cond_vgg_weights else None
             config = cond_recipe(s, perceptual is not None)
             trainer = SpadeTrainer(spade_config(s), config, runtime, perceptual)
-        folder = storage.writable_dir("models", "gan", kind)
+        folder = storage.writable_dir(layout.gan_model_dir(kind))
         resume = plan_resume(folder, trainer, data_version, log=context.log.info)
         features, encoder_ref = encoder_features(mlflow, s.label_model)
         fid_records = even_rows(records, s.fid_images)
@@ -189,7 +177,7 @@ def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage
                        f"gan-{kind}", tags, params)
     context.log.info(f"{kind} GAN: {len(dataset)} training patches at {s.gan_resolution}px; MLflow run {run_id}")
     try:
-        with bad_input_as_failure(*GEN_ERRORS):
+        with step_errors(context, s.retry_window_s):
             result = fit(trainer, endless_batches(dataset, config.batch_size, config.seed), config.steps, folder,
                          data_version, config.checkpoint_every, config.fid_every, fid=fid, resume=resume,
                          extra={"mlflow_run_id": run_id}, on_log=lambda step, rec: log_metrics(client, run_id, rec, step),
@@ -209,7 +197,7 @@ def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage
     record = {"kind": kind, "model_name": ref.name, "model_version": ref.version, "mlflow_run_id": run_id,
               "steps": trainer.step, "fid_encoder": final_fid, "splits_version": data_version,
               "model_config": trainer.model_config.to_dict(), "fid_features": f"encoder of {encoder_ref}"}
-    storage.write_bytes(folder / "model.json", json.dumps(record, indent=2).encode())
+    storage.write_bytes(folder / layout.MODEL_RECORD, json.dumps(record, indent=2).encode())
     context.log.info(f"registered {ref}; FID (segmentation-encoder features) {final_fid:.3f}")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(str(ref)),
@@ -240,8 +228,8 @@ def sample_grid(kind: str, G: torch.nn.Module, records: pl.DataFrame, storage: S
     return picture_rows([[mask_to_rgb(m) for m in masks], list(fake), real])
 
 
-GAN_DEPS = [splits, dg.AssetDep(real_patches, partition_mapping=dg.AllPartitionMapping()),
-            dg.AssetDep(segmentation_model, partition_mapping=dg.AllPartitionMapping())]
+GAN_DEPS = ["splits", dg.AssetDep("real_patches", partition_mapping=dg.AllPartitionMapping()),
+            dg.AssetDep("segmentation_model", partition_mapping=dg.AllPartitionMapping())]
 
 
 @dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu", deps=GAN_DEPS)
@@ -249,8 +237,13 @@ def uncond_gan(context: dg.AssetExecutionContext, settings: SettingsResource, st
                device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """Train the style-based unconditional GAN on the training split's images (resumes from its
     last checkpoint), FID in segmentation-encoder space along the way, and register the EMA
-    generator as a version of aras-gan-uncond."""
-    return train_gan(UNCOND, context, settings.get(), storage, device, mlflow)
+    generator as a version of aras-gan-uncond. Registers the gen_shard partitions 0000.. of the
+    run's `gen_shards`, which uncond_images fills."""
+    s = settings.get()
+    result = train_gan(UNCOND, context, s, storage, device, mlflow)
+    new = register_gen_shards(context.instance, s.gen_shards)
+    context.log.info(f"gen_shard partitions: {s.gen_shards} wanted, {len(new)} new")
+    return result
 
 
 @dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu", deps=GAN_DEPS)
@@ -270,7 +263,7 @@ def generation_metadata(manifest: pl.DataFrame, new: int, ref: ModelVersionRef, 
                         grid: bytes, alt: str) -> dict:
     return {"images": manifest.height, "generated_now": new, "done_before": manifest.height - new,
             "model_version": str(ref), "model_uri": ref.uri, "mlflow_run_id": ref.run_id,
-            "manifest": dg.MetadataValue.path(str(partition.folder / MANIFEST)),
+            "manifest": dg.MetadataValue.path(str(partition.folder / layout.MANIFEST)),
             "samples": dg.MetadataValue.md(markdown_image(grid, alt))}
 
 
@@ -285,11 +278,11 @@ def uncond_images(context: dg.AssetExecutionContext, settings: SettingsResource,
     shard = context.partition_key
     s = settings.get()
     runtime = device.runtime(inference=True)
-    with bad_input_as_failure(*GEN_ERRORS):
+    with step_errors(context, s.retry_window_s):
         G, ref = registered_generator(storage, mlflow, s, UNCOND)
         G = runtime.prepare(G)
         plan = uncond_plan(shard, s.gen_shard_size, s.gen_seed, s.gen_truncation_psi, generator_run(ref, runtime, s, context))
-        partition = Partition(storage.root_path, f"synthetic/uncond/{shard}")
+        partition = Partition(storage.root_path, layout.synthetic_dir(UNCOND, shard).as_posix())
 
         def render(rows: pl.DataFrame) -> np.ndarray:
             return generate_uncond(G, rows["seed"].to_list(), float(rows["truncation_psi"][0]), runtime)
@@ -304,7 +297,7 @@ def uncond_images(context: dg.AssetExecutionContext, settings: SettingsResource,
 
 
 def uncond_label_images(storage: StorageResource, shard: str) -> pl.DataFrame:
-    path = storage.path("synthetic", "uncond", shard, MANIFEST)
+    path = storage.path(layout.synthetic_manifest(UNCOND, shard))
     if not path.exists():
         raise GenerationError(f"no unconditional images in shard {shard}: materialize uncond_images[{shard}] first")
     return pl.read_parquet(path, columns=["image_id", "image_path"]).with_columns(
@@ -312,13 +305,13 @@ def uncond_label_images(storage: StorageResource, shard: str) -> pl.DataFrame:
 
 
 uncond_labels = labeler_asset(
-    "uncond_labels", uncond_label_images, gen_shard_partitions, deps=[uncond_images], group_name="generation",
+    "uncond_labels", uncond_label_images, gen_shard_partitions, deps=[uncond_images],
     description="Pseudo-label masks of a shard's unconditional images by the champion segmentation model "
                 "(its version is in every manifest row).")
 
 
 @dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "parquet", "png"},
-          partitions_def=s2_tile_partitions, pool="gpu", deps=[cond_gan, splits, real_patches])
+          partitions_def=s2_tile_partitions, pool="gpu", deps=[cond_gan, "splits", "real_patches"])
 def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                 device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """cond_images_per_mask images for every training patch of the tile, conditioned on its
@@ -327,12 +320,12 @@ def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, s
     tile = context.partition_key
     s = settings.get()
     runtime = device.runtime(inference=True)
-    with bad_input_as_failure(*GEN_ERRORS):
+    with step_errors(context, s.retry_window_s):
         G, ref = registered_generator(storage, mlflow, s, COND)
         G = runtime.prepare(G)
         tile_patches = tile_training_patches(storage, tile)
         plan = cond_plan(tile, tile_patches, s.cond_images_per_mask, s.gen_seed, generator_run(ref, runtime, s, context))
-        partition = Partition(storage.root_path, f"synthetic/cond/{tile}")
+        partition = Partition(storage.root_path, layout.synthetic_dir(COND, tile).as_posix())
 
         def render(rows: pl.DataFrame) -> np.ndarray:
             masks = np.stack([resized_mask(storage.path(p), s.gan_resolution) for p in rows["source_mask_path"]])
@@ -354,11 +347,11 @@ def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, s
 
 
 def synthetic_manifests(storage: StorageResource, origin: str) -> pl.DataFrame:
-    paths = sorted(storage.path("synthetic", origin).glob(f"*/{MANIFEST}"))
+    paths = sorted(storage.root_path.glob(layout.synthetic_manifests(origin)))
     return pl.concat([pl.read_parquet(p) for p in paths]) if paths else pl.DataFrame()
 
 
-@dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu",
+@dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu",
           deps=[dg.AssetDep(uncond_images, partition_mapping=dg.AllPartitionMapping()),
                 dg.AssetDep(cond_images, partition_mapping=dg.AllPartitionMapping())])
 def gan_fid(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
@@ -369,7 +362,7 @@ def gan_fid(context: dg.AssetExecutionContext, settings: SettingsResource, stora
     s = settings.get()
     runtime = device.runtime(inference=True)
     rows = []
-    with bad_input_as_failure(*GEN_ERRORS):
+    with step_errors(context, s.retry_window_s):
         real_picks = even_rows(train_records(storage)[0], s.fid_images)
         sets = {}
         for origin in (UNCOND, COND):
@@ -393,28 +386,18 @@ def gan_fid(context: dg.AssetExecutionContext, settings: SettingsResource, stora
                              "model_version": f"{picks['model_name'][0]}/{picks['model_version'][0]}"})
                 log_metrics(client, picks["mlflow_run_id"][0],
                             {f"fid_{'encoder' if space.startswith('encoder') else 'inception'}_{origin}_set": value})
-    if not rows:
-        raise dg.Failure(description="no synthetic images yet: materialize uncond_images and cond_images first",
-                         allow_retries=False)
-    folder = storage.writable_dir("eval", "generation")
-    storage.write_bytes(folder / "fid.json", json.dumps(rows, indent=2).encode())
+        if not rows:
+            raise BadInputError("no synthetic images yet: materialize uncond_images and cond_images first")
+    out = storage.path(layout.FID_REPORT)
+    storage.writable_dir(out.parent)
+    storage.write_bytes(out, json.dumps(rows, indent=2).encode())
     context.log.info("FID: " + "; ".join(f"{r['set']} {r['fid']:.3f} ({r['features']})" for r in rows))
     return dg.MaterializeResult(metadata={
         "fid": dg.MetadataValue.md(markdown_table(rows)),
         **{f"fid_encoder_{r['set']}": r["fid"] for r in rows if r["features"].startswith("encoder")},
         "note": "encoder-space FID is not on the Inception scale of the paper's 16 / 72; compare runs with each other",
-        "path": dg.MetadataValue.path(str(folder / "fid.json")),
+        "path": dg.MetadataValue.path(str(out)),
     })
 
 
 ASSETS = [uncond_gan, cond_gan, uncond_images, uncond_labels, cond_images, gan_fid]
-gan_training_job = dg.define_asset_job("gan_training_job", selection=[uncond_gan, cond_gan],
-                                       description="Train and register both generators.")
-uncond_generation_job = dg.define_asset_job(
-    "uncond_generation_job", selection=[uncond_images, uncond_labels], partitions_def=gen_shard_partitions,
-    description="Generate and label one shard of unconditional images.")
-cond_generation_job = dg.define_asset_job("cond_generation_job", selection=[cond_images],
-                                          partitions_def=s2_tile_partitions,
-                                          description="Conditional images for one tile's training masks.")
-fid_job = dg.define_asset_job("fid_job", selection=[gan_fid], description="FID of both synthetic sets.")
-JOBS = [gan_training_job, uncond_generation_job, cond_generation_job, fid_job]

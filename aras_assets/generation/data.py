@@ -11,10 +11,11 @@ import polars as pl
 import torch
 from PIL import Image
 
+from aras_assets.errors import BadInputError
 from aras_assets.segmentation.data import read_image, read_mask
 
 
-class GenerationError(ValueError):
+class GenerationError(BadInputError, ValueError):
     """Generation cannot go on: no generator, a mismatching checkpoint, an unusable mask."""
 
 

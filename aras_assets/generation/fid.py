@@ -21,12 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aras_assets.errors import BadInputError
 from aras_assets.segmentation.data import IMAGENET_MEAN, IMAGENET_STD
 
 PAPER_FID = {"uncond": 16.0, "cond": 72.0}
 
 
-class FidError(ValueError):
+class FidError(BadInputError, ValueError):
     """Too few images, or feature weights that cannot be used."""
 
 

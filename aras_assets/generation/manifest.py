@@ -3,8 +3,6 @@ audit and other readers can use it cheaply."""
 
 import polars as pl
 
-PARTS = "parts"  # one manifest part per generated batch
-MANIFEST = "manifest.parquet"
 SYNTHETIC_SCHEMA = {
     "image_id": pl.String, "origin": pl.String, "shard": pl.String, "index": pl.Int32, "seed": pl.Int64,
     "truncation_psi": pl.Float64, "model_name": pl.String, "model_version": pl.String, "mlflow_run_id": pl.String,

@@ -12,7 +12,6 @@ import numpy as np
 import polars as pl
 
 from aras_assets.generation.data import GenerationError
-from aras_assets.generation.manifest import MANIFEST
 from aras_assets.generation.sampling import (
     Partition,
     generate_cond,
@@ -24,6 +23,7 @@ from aras_assets.generation.sampling import (
 )
 from aras_assets.generation.training import COND, load_generator
 from aras_assets.ids import parse_synthetic_id
+from aras_assets.layout import MANIFEST
 from aras_assets.segmentation.data import read_mask
 from aras_assets.segmentation.registry import ModelVersionRef, download_checkpoint
 

@@ -21,10 +21,11 @@ import torch
 from PIL import Image
 
 from aras_assets.generation.data import GenerationError, to_uint8
-from aras_assets.generation.manifest import MANIFEST, PARTS, SYNTHETIC_SCHEMA
+from aras_assets.generation.manifest import SYNTHETIC_SCHEMA
 from aras_assets.generation.spade import SpadeGenerator
 from aras_assets.generation.stylegan import StyleGenerator
 from aras_assets.ids import synthetic_id
+from aras_assets.layout import MANIFEST, PARTS
 from resources.device import TorchRuntime
 from resources.storage import atomic_write_bytes, write_parquet_atomic
 

@@ -32,10 +32,10 @@ from aras_assets.generation.augment import diff_augment
 from aras_assets.generation.data import GenerationError
 from aras_assets.generation.spade import SpadeConfig, SpadeGenerator, UNetDiscriminator, cutmix_masks
 from aras_assets.generation.stylegan import StyleDiscriminator, StyleGanConfig, StyleGenerator
+from aras_assets.layout import COND, UNCOND
 from resources.device import TorchRuntime
 from resources.storage import atomic_write_bytes
 
-UNCOND, COND = "uncond", "cond"
 LAST, GENERATOR = "last.pt", "generator.pt"
 
 

@@ -27,17 +27,16 @@ from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 from dagster._core.storage.tags import RUN_KEY_TAG
 from dagster._time import get_current_datetime
 
-from aras_assets.captions.assets import ASSETS as CAPTION_ASSETS
-from aras_assets.generation.assets import ASSETS as GENERATION_ASSETS
+from aras_assets import layout
+from aras_assets.errors import BadInputError
+from aras_assets.graph import ASSETS, STAGE_JOBS
 from aras_assets.partitions import S2_TILE_PARTITIONS
-from aras_assets.segmentation.assets import ASSETS as SEGMENTATION_ASSETS
 from aras_assets.settings import Settings, SettingsResource, load_settings
-from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
-from aras_assets.sources.assets import CATALOG_PATH, catalog_job, patches_job
 from aras_assets.sources.catalog import build_catalog
-from aras_assets.sources.rasters import TileError
 from resources.storage import StorageResource
 
+catalog_job = STAGE_JOBS["catalog_job"][1]
+patches_job = STAGE_JOBS["patches_job"][1]
 MISSING = "missing"
 STALE = "stale"
 REASON_TAG = "aras/backfill_reason"
@@ -229,7 +228,7 @@ def folder_tiles(s: Settings, storage: StorageResource) -> list[str]:
 
 
 def catalog_tiles(storage: StorageResource) -> set[str]:
-    path = storage.path(*CATALOG_PATH)
+    path = storage.path(layout.CATALOG)
     return set(pl.read_parquet(path, columns=["s2_tile"])["s2_tile"]) if path.exists() else set()
 
 
@@ -247,7 +246,7 @@ def new_tile_sensor(context: dg.SensorEvaluationContext, settings: SettingsResou
         return dg.SkipReason("tile_source is 'templates': there is no folder to watch")
     try:
         tiles = folder_tiles(s, storage)
-    except (TileError, ValueError, OSError) as exc:  # e.g. a file still being copied: try again next tick
+    except (BadInputError, OSError) as exc:  # e.g. a file still being copied: try again next tick
         return dg.SkipReason(f"cannot list tiles in {storage.resolve(s.tile_source)}: {exc}")
     registered = context.instance.get_dynamic_partitions(S2_TILE_PARTITIONS)
     plan = plan_new_tiles(tiles, registered, catalog_tiles(storage), read_cursor(context.cursor))
@@ -266,15 +265,10 @@ def new_tile_sensor(context: dg.SensorEvaluationContext, settings: SettingsResou
     return dg.SensorResult(run_requests=runs, cursor=cursor, dynamic_partitions_requests=adds)
 
 
-def _all_assets() -> list[dg.AssetsDefinition]:
-    return [a for a in (*SOURCE_ASSETS, *SEGMENTATION_ASSETS, *GENERATION_ASSETS, *CAPTION_ASSETS)
-            if isinstance(a, dg.AssetsDefinition)]
-
-
 def schedules_from_settings(s: Settings | None = None,
                             assets: Iterable[dg.AssetsDefinition] | None = None) -> list[dg.ScheduleDefinition]:
     s = s or load_settings()
-    return backfill_schedules(s.backfill_assets, _all_assets() if assets is None else assets, s.backfill_cron,
+    return backfill_schedules(s.backfill_assets, ASSETS if assets is None else assets, s.backfill_cron,
                               s.backfill_max_partitions)
 
 

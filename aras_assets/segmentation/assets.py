@@ -10,14 +10,15 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from aras_assets import layout
+from aras_assets.errors import step_errors
 from aras_assets.landcover import CLASS_NAMES
 from aras_assets.partitions import arch_partitions, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table
-from aras_assets.segmentation.data import PatchDataset, SplitError, make_loader, read_image, read_mask, split_records
-from aras_assets.segmentation.labeler import Labeler, ShardError, label_images
+from aras_assets.segmentation.data import PatchDataset, make_loader, read_image, read_mask, split_records
+from aras_assets.segmentation.labeler_asset import labeler_asset
 from aras_assets.segmentation.metrics import SegmentationScores, scores_from_confusion
 from aras_assets.segmentation.models import (
-    CheckpointError,
     ModelSpec,
     build_model,
     encoder_weights_path,
@@ -31,20 +32,14 @@ from aras_assets.segmentation.registry import (
     log_metrics,
     promote_champion,
     register_model,
-    resolve_version,
     start_run,
 )
 from aras_assets.segmentation.report import confusion_png, prediction_grid, table3_markdown, table4_markdown
 from aras_assets.segmentation.training import TrainConfig, evaluate, plan_resume, predict, train
 from aras_assets.settings import Settings, SettingsResource
-from aras_assets.sources.assets import SPLITS_PATH, bad_input_as_failure, read_tile_manifest, real_patches, splits
-from aras_assets.sources.splits import splits_version
+from aras_assets.sources.records import read_tile_manifest, read_training_data
 from resources import MlflowResource, StorageResource, TorchDeviceResource
 from resources.device import TorchRuntime
-from resources.storage import staged_directory
-
-SEG_ERRORS = (SplitError, CheckpointError, ShardError, NoModelError, FileNotFoundError)
-MODEL_RECORD = "model.json"
 
 
 def train_config(s: Settings) -> TrainConfig:
@@ -52,22 +47,6 @@ def train_config(s: Settings) -> TrainConfig:
                        lr=s.seg_lr, weight_decay=s.seg_weight_decay, grad_clip=s.seg_grad_clip,
                        ce_weight=s.seg_ce_weight, lr_factor=s.seg_lr_factor, lr_patience=s.seg_lr_patience,
                        patience=s.seg_patience, augment=s.seg_augment, seed=s.seg_seed, workers=s.seg_loader_workers)
-
-
-def read_training_data(storage: StorageResource) -> tuple[pl.DataFrame, pl.DataFrame, str]:
-    """Manifests of the split's tiles, the splits table and its content version."""
-    path = storage.path(*SPLITS_PATH)
-    if not path.exists():
-        raise SplitError(f"no splits at {path}: materialize splits first")
-    table = pl.read_parquet(path)
-    tiles = table["s2_tile"].unique().sort().to_list()
-    missing = [t for t in tiles if not storage.path("patches", t, "manifest.parquet").exists()]
-    if missing:
-        raise SplitError(f"splits name tiles without patches: {missing}; materialize real_patches for them")
-    manifest = pl.concat([pl.read_parquet(storage.path("patches", t, "manifest.parquet"),
-                                          columns=["patch_id", "image_path", "mask_path"]) for t in tiles]) \
-        if tiles else pl.DataFrame(schema={"patch_id": pl.String, "image_path": pl.String, "mask_path": pl.String})
-    return manifest, table, splits_version(table)
 
 
 def sample_predictions(forward: Callable, dataset: PatchDataset, runtime: TorchRuntime, count: int = 6) -> bytes:
@@ -84,7 +63,7 @@ def sample_predictions(forward: Callable, dataset: PatchDataset, runtime: TorchR
 
 
 def model_record(storage: StorageResource, arch: str) -> dict:
-    path = storage.path("models", "segmentation", arch, MODEL_RECORD)
+    path = storage.path(layout.seg_model_dir(arch), layout.MODEL_RECORD)
     if not path.exists():
         raise NoModelError(f"no trained {arch} model: materialize segmentation_model for partition {arch} first")
     return json.loads(path.read_text())
@@ -93,7 +72,7 @@ def model_record(storage: StorageResource, arch: str) -> dict:
 @dg.asset(
     group_name="segmentation", code_version="1", kinds={"pytorch", "mlflow"}, partitions_def=arch_partitions,
     pool="gpu",
-    deps=[splits, dg.AssetDep(real_patches, partition_mapping=dg.AllPartitionMapping())],
+    deps=["splits", dg.AssetDep("real_patches", partition_mapping=dg.AllPartitionMapping())],
 )
 def segmentation_model(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                        device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
@@ -106,11 +85,11 @@ def segmentation_model(context: dg.AssetExecutionContext, settings: SettingsReso
     spec = ModelSpec(arch, s.seg_encoders[arch])
     config = train_config(s)
     root = storage.root_path
-    with bad_input_as_failure(*SEG_ERRORS):
+    with step_errors(context, s.retry_window_s):
         manifest, split_table, data_version = read_training_data(storage)
         train_set = PatchDataset(root, split_records(manifest, split_table, "train"), s.seg_augment, s.seg_seed)
         val_set = PatchDataset(root, split_records(manifest, split_table, "val"))
-        folder = storage.writable_dir("models", "segmentation", arch)
+        folder = storage.writable_dir(layout.seg_model_dir(arch))
         resume = plan_resume(folder, spec, config, data_version, log=context.log.info)
         model = build_model(spec, encoder_weights_path(s.seg_encoder_weights, spec.encoder))
     client = mlflow.client()
@@ -129,7 +108,7 @@ def segmentation_model(context: dg.AssetExecutionContext, settings: SettingsReso
         log_metrics(client, run_id, record, step=int(record["epoch"]))
 
     try:
-        with bad_input_as_failure(*SEG_ERRORS):
+        with step_errors(context, s.retry_window_s):
             result = train(model, spec, train_set, val_set, config, runtime, folder, data_version, resume,
                            extra={"mlflow_run_id": run_id}, on_epoch=on_epoch, log=context.log.info)
             best, _, _ = load_model(result.best_path, spec)
@@ -154,7 +133,7 @@ def segmentation_model(context: dg.AssetExecutionContext, settings: SettingsReso
     record = {"arch": arch, "encoder": spec.encoder, "model_name": ref.name, "model_version": ref.version,
               "mlflow_run_id": run_id, "best_epoch": result.best_epoch, "val_f1": best_f1,
               "splits_version": data_version, "epochs_run": len(result.history), "resumed_from": result.resumed_from}
-    storage.write_bytes(folder / MODEL_RECORD, json.dumps(record, indent=2).encode())
+    storage.write_bytes(folder / layout.MODEL_RECORD, json.dumps(record, indent=2).encode())
     context.log.info(f"registered {ref} (val macro F1 {best_f1:.4f}); champion is {champion}")
     history = [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()
                 if k in ("epoch", "train_loss", "val_loss", "val_f1", "val_accuracy", "lr")} for h in result.history]
@@ -188,14 +167,14 @@ def evaluated_results(storage: StorageResource) -> dict[str, SegmentationScores]
     """Test scores of every architecture evaluated so far, from their stored confusion matrices."""
     results = {}
     for arch in arch_partitions.get_partition_keys():
-        path = storage.path("eval", "segmentation", arch, "metrics.json")
+        path = storage.path(layout.seg_eval_dir(arch), "metrics.json")
         if path.exists():
             results[arch] = scores_from_confusion(np.array(json.loads(path.read_text())["confusion"]))
     return results
 
 
 @dg.asset(group_name="segmentation", code_version="1", kinds={"pytorch", "mlflow"}, partitions_def=arch_partitions,
-          pool="gpu", deps=[segmentation_model, splits])
+          pool="gpu", deps=[segmentation_model, "splits"])
 def segmentation_eval(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                       device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """Test-split metrics of the architecture's registered model from one accumulated confusion
@@ -203,7 +182,7 @@ def segmentation_eval(context: dg.AssetExecutionContext, settings: SettingsResou
     arch = context.partition_key
     s = settings.get()
     client = mlflow.client()
-    with bad_input_as_failure(*SEG_ERRORS):
+    with step_errors(context, s.retry_window_s):
         record = model_record(storage, arch)
         ref = ModelVersionRef(record["model_name"], record["model_version"], record["mlflow_run_id"])
         manifest, split_table, data_version = read_training_data(storage)
@@ -218,7 +197,7 @@ def segmentation_eval(context: dg.AssetExecutionContext, settings: SettingsResou
         context.log.warning(f"{ref} was trained on splits {record['splits_version']}, the splits are now "
                             f"{data_version}: re-materialize segmentation_model[{arch}]")
     scores = matrix.scores()
-    folder = storage.writable_dir("eval", "segmentation", arch)
+    folder = storage.writable_dir(layout.seg_eval_dir(arch))
     confusion = confusion_png(matrix.counts, f"{arch}: test split")
     storage.write_bytes(folder / "confusion.png", confusion)
     storage.write_bytes(folder / "metrics.json", json.dumps({
@@ -227,7 +206,7 @@ def segmentation_eval(context: dg.AssetExecutionContext, settings: SettingsResou
     everything = evaluated_results(storage)
     tables = (f"## Table 3 (macro, %)\n\n{table3_markdown(everything)}\n\n"
               f"## Table 4 (per-class F1, %)\n\n{table4_markdown(everything)}\n")
-    storage.write_bytes(storage.path("eval", "segmentation", "tables.md"), tables.encode())
+    storage.write_bytes(storage.path(layout.SEGMENTATION_TABLES), tables.encode())
     log_metrics(client, ref.run_id, scores.as_dict("test_"))
     with tempfile.TemporaryDirectory() as scratch:
         log_image(client, ref.run_id, confusion, "plots/test_confusion.png", Path(scratch))
@@ -240,51 +219,9 @@ def segmentation_eval(context: dg.AssetExecutionContext, settings: SettingsResou
         **{k: round(100 * v, 2) for k, v in scores.as_dict("test_").items()},
         "table3": dg.MetadataValue.md(table3_markdown({arch: scores})),
         "table4": dg.MetadataValue.md(table4_markdown({arch: scores})),
-        "all_architectures": dg.MetadataValue.path(str(storage.path("eval", "segmentation", "tables.md"))),
+        "all_architectures": dg.MetadataValue.path(str(storage.path(layout.SEGMENTATION_TABLES))),
         "test_confusion": dg.MetadataValue.md(markdown_image(confusion, f"{arch} test confusion")),
     })
-
-
-ImagesFor = Callable[[StorageResource, str], pl.DataFrame]
-
-
-def labeler_asset(name: str, images_for: ImagesFor, partitions_def: dg.PartitionsDefinition,
-                  deps: list, description: str, group_name: str = "segmentation") -> dg.AssetsDefinition:
-    """An asset that labels the images of each partition with the configured model version
-    (`label_model`: champion by default) and writes masks plus a manifest naming it.
-    `images_for(storage, partition)` gives the partition's image_id and image_path."""
-
-    @dg.asset(name=name, group_name=group_name, code_version="1", kinds={"pytorch", "parquet", "png"},
-              partitions_def=partitions_def, pool="gpu", description=description,
-              deps=[*deps, dg.AssetDep(segmentation_model, partition_mapping=dg.AllPartitionMapping())])
-    def _labels(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
-                device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-        partition = context.partition_key
-        s = settings.get()
-        with bad_input_as_failure(*SEG_ERRORS):
-            images = images_for(storage, partition)
-            ref = resolve_version(mlflow.client(), s.label_model)
-            with tempfile.TemporaryDirectory() as scratch:
-                model, spec, _ = load_model(download_checkpoint(mlflow.resolved_tracking_uri, ref, Path(scratch)))
-            final = storage.writable_dir("labels", name) / partition
-
-            def progress(done: int, total: int) -> None:
-                context.log.info(f"{name}[{partition}]: {done}/{total} images labelled")
-
-            with staged_directory(final) as stage:
-                rows = label_images(Labeler(model, spec, ref.name, ref.version), images, stage / "masks",
-                                    f"labels/{name}/{partition}/masks", device.runtime(inference=True),
-                                    s.label_batch_size, s.png_compress_level, progress)
-                storage.write_parquet(rows, stage / "manifest.parquet")
-        totals = {c: int(rows[f"px_{c}"].sum()) for c in CLASS_NAMES}
-        pixels = max(sum(totals.values()), 1)
-        return dg.MaterializeResult(metadata={
-            "images": rows.height, "model_version": str(ref), "model_uri": ref.uri,
-            "manifest": dg.MetadataValue.path(str(final / "manifest.parquet")),
-            "class_shares": dg.MetadataValue.json({c: round(v / pixels, 4) for c, v in totals.items()}),
-        })
-
-    return _labels
 
 
 def real_patch_images(storage: StorageResource, tile: str) -> pl.DataFrame:
@@ -294,14 +231,8 @@ def real_patch_images(storage: StorageResource, tile: str) -> pl.DataFrame:
 
 
 real_patch_labels = labeler_asset(
-    "real_patch_labels", real_patch_images, s2_tile_partitions, deps=[real_patches],
+    "real_patch_labels", real_patch_images, s2_tile_partitions, deps=["real_patches"],
     description="Predicted masks of a tile's real patches by the champion segmentation model: "
                 "an audit of the WorldCover labels and the labeler the synthetic shards use.")
 
 ASSETS = [segmentation_model, segmentation_eval, real_patch_labels]
-segmentation_job = dg.define_asset_job(
-    "segmentation_job", selection=[segmentation_model, segmentation_eval], partitions_def=arch_partitions,
-    description="Train, register and evaluate one segmentation architecture.")
-labels_job = dg.define_asset_job("labels_job", selection=[real_patch_labels], partitions_def=s2_tile_partitions,
-                                 description="Label one tile's patches with the champion segmentation model.")
-JOBS = [segmentation_job, labels_job]

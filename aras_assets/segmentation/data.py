@@ -11,13 +11,14 @@ import polars as pl
 import torch
 from PIL import Image
 
+from aras_assets.errors import BadInputError
 from aras_assets.landcover import rgb_to_mask
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-class SplitError(ValueError):
+class SplitError(BadInputError, ValueError):
     """Splits that are missing, empty or do not match the patches."""
 
 

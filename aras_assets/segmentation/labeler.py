@@ -14,6 +14,7 @@ import polars as pl
 import torch
 from PIL import Image
 
+from aras_assets.errors import BadInputError
 from aras_assets.ids import PATCH_SIZE
 from aras_assets.landcover import CLASS_NAMES, NUM_CLASSES, mask_to_rgb
 from aras_assets.segmentation.data import normalize, read_image
@@ -31,7 +32,7 @@ LABEL_SCHEMA = {
 }
 
 
-class ShardError(ValueError):
+class ShardError(BadInputError, ValueError):
     """An image shard that cannot be labelled (missing, empty, unreadable images)."""
 
 

@@ -1,5 +1,5 @@
-"""Segmentation metrics from one confusion matrix accumulated batch by batch (DESIGN.md
-section 5): memory stays at classes x classes however many pixels are scored.
+"""Segmentation metrics from one confusion matrix accumulated batch by batch (docs/architecture.md
+section 6): memory stays at classes x classes however many pixels are scored.
 
 Macro averages run over the classes present in truth or prediction, as scikit-learn does
 with its default `labels`; a class with a zero denominator scores 0 (scikit-learn's

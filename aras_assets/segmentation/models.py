@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from aras_assets.errors import BadInputError
 from aras_assets.landcover import NUM_CLASSES
 from aras_assets.settings import SEG_ARCHS
 from resources.storage import atomic_write_bytes
@@ -17,7 +18,7 @@ from resources.storage import atomic_write_bytes
 CHECKPOINT_FORMAT = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInputError, ValueError):
     """A checkpoint that is unreadable or holds another model than the one asked for."""
 
 
@@ -50,7 +51,7 @@ def build_model(spec: ModelSpec, encoder_weights: Path | None = None) -> torch.n
 
 def load_encoder_weights(model: torch.nn.Module, path: Path) -> None:
     if not path.is_file():
-        raise FileNotFoundError(f"encoder weights {path} do not exist")
+        raise CheckpointError(f"encoder weights {path} do not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     encoder = model.encoder  # type: ignore[attr-defined]
@@ -72,7 +73,7 @@ def encoder_weights_path(folder: str, encoder: str) -> Path | None:
         return None
     path = Path(folder) / f"{encoder}.pth"
     if not path.is_file():
-        raise FileNotFoundError(f"seg_encoder_weights is {folder} but {path.name} is not there")
+        raise CheckpointError(f"seg_encoder_weights is {folder} but {path.name} is not there")
     return path
 
 

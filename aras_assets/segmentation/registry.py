@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from aras_assets.errors import BadInputError
+
 MODEL_PREFIX = "aras-segmentation-"
 CHAMPION = "champion"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -39,7 +41,7 @@ class ModelVersionRef:
         return f"{self.name}/{self.version}"
 
 
-class NoModelError(LookupError):
+class NoModelError(BadInputError, LookupError):
     """No registered segmentation model where one was needed."""
 
 

@@ -1,53 +1,34 @@
 """Source assets: tile_catalog -> real_patches (per s2_tile) -> splits. Thin wiring only."""
 
 
-import contextlib
-from collections.abc import Iterator
-
 import dagster as dg
 import polars as pl
 
-from aras_assets.landcover import CLASS_NAMES, UnknownLabelError, label_lut
+from aras_assets import layout
+from aras_assets.errors import step_errors
+from aras_assets.landcover import CLASS_NAMES, label_lut
 from aras_assets.partitions import S2_TILE_PARTITIONS, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table, pair_grid
 from aras_assets.settings import SettingsResource
 from aras_assets.sources.catalog import build_catalog
 from aras_assets.sources.checks import check_patches, check_splits
 from aras_assets.sources.patches import CLASS_COUNT_COLUMNS, PatchOptions, TileSource, extract_tile
-from aras_assets.sources.rasters import TileError
+from aras_assets.sources.records import catalog_entry, read_catalog, read_manifests
 from aras_assets.sources.splits import SPLITS, assign_splits, splits_version
-from resources.storage import StorageError, StorageResource, staged_directory
-
-CATALOG_PATH = ("catalog", "tiles.parquet")
-SPLITS_PATH = ("splits", "splits.parquet")
+from resources.storage import StorageResource, staged_directory
 
 
-@contextlib.contextmanager
-def bad_input_as_failure(*more: type[Exception]) -> Iterator[None]:
-    """Bad input fails the step with its message and is not retried (retrying cannot fix it)."""
-    try:
-        yield
-    except (TileError, StorageError, UnknownLabelError, ValueError, *more) as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
-
-
-def read_catalog(storage: StorageResource) -> pl.DataFrame:
-    path = storage.path(*CATALOG_PATH)
-    if not path.exists():
-        raise dg.Failure(description=f"no tile catalog at {path}: materialize tile_catalog first", allow_retries=False)
-    return pl.read_parquet(path)
-
-
-@dg.asset(group_name="sources", code_version="1", kinds={"parquet"})
+@dg.asset(group_name="catalog", code_version="1", kinds={"parquet"})
 def tile_catalog(context: dg.AssetExecutionContext, settings: SettingsResource,
                  storage: StorageResource) -> dg.MaterializeResult:
     """S2 RGBNIR tiles inside the configured bounding box, each with the WorldCover tile that
     covers it (matched by footprint). Registers one `s2_tile` partition per S2 tile."""
     s = settings.get()
-    with bad_input_as_failure():
+    with step_errors(context, s.retry_window_s):
         folder = None if s.tile_source == "templates" else storage.resolve(s.tile_source)
         catalog = build_catalog(s.bbox_footprint, s.tile_source, folder, s.s2_uri_template, s.wc_uri_template)
-        out = storage.writable_dir(CATALOG_PATH[0]) / CATALOG_PATH[1]
+        out = storage.path(layout.CATALOG)
+        storage.writable_dir(out.parent)
         storage.write_parquet(catalog, out)
     tiles = catalog["s2_tile"].to_list()
     new = [t for t in tiles if not context.instance.has_dynamic_partition(S2_TILE_PARTITIONS, t)]
@@ -69,7 +50,7 @@ PATCH_CHECKS = ("no_nodata_labels", "water_share", "patch_shape", "unique_ids")
 
 
 @dg.asset(
-    group_name="sources", code_version="1", kinds={"parquet", "png"},
+    group_name="patches", code_version="1", kinds={"parquet", "png"},
     partitions_def=s2_tile_partitions, deps=[tile_catalog],
     check_specs=[dg.AssetCheckSpec(name, asset="real_patches") for name in PATCH_CHECKS],
 )
@@ -79,11 +60,8 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
     patches with empty imagery, nodata labels or over the water limit are left out."""
     tile = context.partition_key
     s = settings.get()
-    catalog = read_catalog(storage).filter(pl.col("s2_tile") == tile)
-    if catalog.is_empty():
-        raise dg.Failure(description=f"S2 tile {tile} is not in the tile catalog; re-materialize tile_catalog",
-                         allow_retries=False)
-    entry = catalog.row(0, named=True)
+    with step_errors(context, s.retry_window_s):
+        entry = catalog_entry(storage, tile)
     source = TileSource(entry["s2_tile"], entry["s2_uri"], entry["wc_tile"], entry["wc_uri"])
     opts = PatchOptions(label_lut(s.remap), s.normalization, s.stretch_max, s.water_max_share, s.effective_workers(),
                         s.png_compress_level)
@@ -94,12 +72,13 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
             last_logged[0] = done
             context.log.info(f"{tile}: {done}/{total} patches cut")
 
-    with bad_input_as_failure():
-        final = storage.writable_dir("patches") / tile
+    with step_errors(context, s.retry_window_s):
+        final = storage.path(layout.patches_dir(tile))
+        storage.writable_dir(final.parent)
         with staged_directory(final) as stage:
-            result = extract_tile(source, opts, stage, f"patches/{tile}", progress)
-            storage.write_parquet(result.manifest, stage / "manifest.parquet")
-            storage.write_parquet(result.rejected, stage / "rejected.parquet")
+            result = extract_tile(source, opts, stage, layout.patches_dir(tile).as_posix(), progress)
+            storage.write_parquet(result.manifest, stage / layout.MANIFEST)
+            storage.write_parquet(result.rejected, stage / layout.REJECTED)
     manifest = result.manifest
     problems = check_patches(storage.root_path, manifest, s.water_max_share)
     checks = [dg.AssetCheckResult(check_name=name, passed=not problems[name],
@@ -108,7 +87,7 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
     metadata: dict[str, object] = {
         "patches": manifest.height,
         **{f"rejected_{reason}": n for reason, n in result.reject_counts.items()},
-        "manifest": dg.MetadataValue.path(str(final / "manifest.parquet")),
+        "manifest": dg.MetadataValue.path(str(final / layout.MANIFEST)),
         "normalization": s.normalization,
     }
     total_px = max(sum(manifest[c].sum() for c in CLASS_COUNT_COLUMNS), 1)
@@ -121,37 +100,20 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
-def read_tile_manifest(storage: StorageResource, tile: str, columns: list[str]) -> pl.DataFrame:
-    """Columns of one tile's patch manifest; a clear error when the tile has no patches yet."""
-    path = storage.path("patches", tile, "manifest.parquet")
-    if not path.exists():
-        raise ValueError(f"no patches for tile {tile}: materialize real_patches[{tile}] first")
-    return pl.read_parquet(path, columns=columns)
-
-
-def read_manifests(storage: StorageResource, tiles: list[str]) -> tuple[pl.DataFrame, list[str]]:
-    """The manifests of the given tiles that exist, and the tiles that have none yet."""
-    have = [t for t in tiles if storage.path("patches", t, "manifest.parquet").exists()]
-    missing = [t for t in tiles if t not in have]
-    if not have:
-        return pl.DataFrame(schema={"patch_id": pl.String, "s2_tile": pl.String, "row": pl.Int32, "col": pl.Int32}), missing
-    frames = [pl.scan_parquet(storage.path("patches", t, "manifest.parquet")) for t in have]
-    return pl.concat(frames).select("patch_id", "s2_tile", "row", "col").collect(), missing
-
-
-@dg.asset(group_name="sources", code_version="1", kinds={"parquet"}, deps=[real_patches],
+@dg.asset(group_name="splits", code_version="1", kinds={"parquet"}, deps=[real_patches],
           check_specs=[dg.AssetCheckSpec(n, asset="splits") for n in ("splits_disjoint", "splits_complete")])
 def splits(context: dg.AssetExecutionContext, settings: SettingsResource,
            storage: StorageResource) -> dg.MaterializeResult:
     """patch_id -> train/val/test over every materialized tile of the catalog."""
     s = settings.get()
-    tiles = read_catalog(storage)["s2_tile"].to_list()
-    patches, missing = read_manifests(storage, tiles)
-    if missing:
-        context.log.warning(f"{len(missing)} catalog tiles have no patches yet and are left out: {missing}")
-    with bad_input_as_failure():
+    with step_errors(context, s.retry_window_s):
+        tiles = read_catalog(storage)["s2_tile"].to_list()
+        patches, missing = read_manifests(storage, tiles)
+        if missing:
+            context.log.warning(f"{len(missing)} catalog tiles have no patches yet and are left out: {missing}")
         table = assign_splits(patches, s.split_method, s.split_fractions, s.split_block, s.split_seed)
-        out = storage.writable_dir(SPLITS_PATH[0]) / SPLITS_PATH[1]
+        out = storage.path(layout.SPLITS)
+        storage.writable_dir(out.parent)
         storage.write_parquet(table, out)
     written = pl.read_parquet(out)
     problems = check_splits(written, patches["patch_id"], s.split_fractions)
@@ -167,9 +129,3 @@ def splits(context: dg.AssetExecutionContext, settings: SettingsResource,
 
 
 ASSETS = [tile_catalog, real_patches, splits]
-catalog_job = dg.define_asset_job("catalog_job", selection=[tile_catalog],
-                                  description="List the tiles in the bounding box and register their partitions.")
-patches_job = dg.define_asset_job("patches_job", selection=[real_patches], partitions_def=s2_tile_partitions,
-                                  description="Cut one S2 tile into patches.")
-splits_job = dg.define_asset_job("splits_job", selection=[splits], description="Assign train/val/test splits.")
-JOBS = [catalog_job, patches_job, splits_job]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from aras_assets.errors import BadInputError
 from aras_assets.grid import (
     PIXELS_PER_DEGREE,
     S2_NAME_RE,
@@ -66,7 +67,7 @@ def _expand(template: str, tile: str) -> str:
     try:
         return template.format(tile=tile, lat_band=lat_band(tile))
     except (KeyError, IndexError) as exc:
-        raise ValueError(f"URI template {template!r} has an unknown placeholder {exc}; use {{tile}} and {{lat_band}}") from exc
+        raise BadInputError(f"URI template {template!r} has an unknown placeholder {exc}; use {{tile}} and {{lat_band}}") from exc
 
 
 CATALOG_SCHEMA = {

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import rasterio
 from rasterio.errors import RasterioError, RasterioIOError
 
+from aras_assets.errors import BadInputError
 from aras_assets.grid import PIXEL_DEG, Footprint, on_grid
 
 # Remote COGs: read only the header and the windows asked for, never list bucket folders.
@@ -16,7 +17,7 @@ GDAL_ENV = {"AWS_NO_SIGN_REQUEST": "YES", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY
             "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif", "GDAL_HTTP_MAX_RETRY": "3"}
 
 
-class TileError(ValueError):
+class TileError(BadInputError, ValueError):
     """A source tile cannot be used; the message names the file or tile and why."""
 
 

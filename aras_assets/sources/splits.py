@@ -11,6 +11,8 @@ import hashlib
 
 import polars as pl
 
+from aras_assets.errors import BadInputError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -23,16 +25,16 @@ def assign_splits(patches: pl.DataFrame, method: str = "blocked", fractions: tup
                   block: int = 8, seed: int = 42) -> pl.DataFrame:
     """patch_id, s2_tile, row, col in; patch_id, s2_tile, block_id, split out (sorted by patch_id)."""
     if patches.is_empty():
-        raise ValueError("no patches to split: materialize real_patches for at least one tile first")
+        raise BadInputError("no patches to split: materialize real_patches for at least one tile first")
     if patches["patch_id"].n_unique() != patches.height:
-        raise ValueError("patch ids are not unique; cannot split")
+        raise BadInputError("patch ids are not unique; cannot split")
     if method == "blocked":
         block_id = pl.format("{}_b{}_{}", "s2_tile", (pl.col("row") // block).cast(pl.String),
                              (pl.col("col") // block).cast(pl.String))
     elif method == "random":
         block_id = pl.col("patch_id")
     else:
-        raise ValueError(f"unknown split method {method!r}")
+        raise BadInputError(f"unknown split method {method!r}")
     frame = patches.select("patch_id", "s2_tile", "row", "col").with_columns(block_id.alias("block_id"))
     blocks = frame.group_by("block_id").len().sort("block_id")
     u = [unit_hash(seed, b) for b in blocks["block_id"].to_list()]
