@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from aras_assets.layout import COND, UNCOND
+
 PATCH_SIZE = 256
 
 _PATCH_RE = re.compile(r"^([NS]\d{2}[EW]\d{3})_(\d{3})_(\d{3})$")
@@ -35,9 +37,8 @@ def parse_patch_id(value: str) -> PatchId:
     return PatchId(m.group(1), int(m.group(2)), int(m.group(3)))
 
 
-SYNTHETIC_ORIGINS = ("uncond", "cond")
 _TILE = r"[NS]\d{2}[EW]\d{3}"
-_SYNTHETIC_RE = {"uncond": re.compile(r"^uncond_(\d{4,})_(\d{5,})$"), "cond": re.compile(rf"^cond_({_TILE})_(\d{{5,}})$")}
+_SYNTHETIC_RE = {UNCOND: re.compile(rf"^{UNCOND}_(\d{{4,}})_(\d{{5,}})$"), COND: re.compile(rf"^{COND}_({_TILE})_(\d{{5,}})$")}
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,13 @@ from aras_assets.captions.composition import Composition, compute_composition
 from aras_assets.captions.evaluation import PAPER_REDUNDANCY, PAPER_TABLE2, redundancy, redundancy_table
 from aras_assets.captions.offline import offline_captions
 from aras_assets.ids import PATCH_SIZE
+from aras_assets.layout import CAPTION_MODES
 from aras_assets.sources.patches import encode_png, to_8bit
 from aras_assets.sources.sample_region import write_sample_region
 
 DEFAULT_WORK_DIR = Path(__file__).resolve().parent / "out" / "captions"  # git-ignored
 TILE_PX = 1024
 CROP_STRIDE = 64  # overlapping crops: about 560 distinct masks from the 4 sample tiles
-MODES = ("text", "vision", "hybrid")
 N_PER_IMAGE = 5
 CAPTIONER_TARGET = 1000.0  # captions/s on one core
 REDUNDANCY_TARGET = 5.0  # seconds for redundancy_table over 2M captions
@@ -83,7 +83,7 @@ def _captioner_child(compositions: list[Composition], cpu: int, rounds: int, que
     result: dict[str, dict[str, float]] = {}
     for composition in compositions[:50]:  # warm-up: caches, branch predictors, the allocator
         offline_captions(composition, "hybrid", 0, N_PER_IMAGE)
-    for mode in MODES:
+    for mode in CAPTION_MODES:
         made = calls = 0
         start, cpu_start = time.perf_counter(), time.process_time()
         for seed in range(rounds):
@@ -126,7 +126,7 @@ def _generate(first_last: tuple[int, int]) -> tuple[list[str], list[str], list[s
         origin = "real" if k % 3 == 0 else "synthetic"
         image_id = f"bench{k:08d}"
         composition = comps[k % len(comps)]
-        for mode in MODES:
+        for mode in CAPTION_MODES:
             out = offline_captions(composition, mode, caption_seed(0, image_id, mode), N_PER_IMAGE)
             texts += out
             modes += [mode] * len(out)
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> None:
     comp_s = time.perf_counter() - start
     classes_per_mask = np.mean([len(c.layouts) for c in compositions])
 
-    log(f"timing the offline captioner on one CPU, {len(MODES)} modes, ~{SINGLE_CORE_CAPTIONS} captions each")
+    log(f"timing the offline captioner on one CPU, {len(CAPTION_MODES)} modes, ~{SINGLE_CORE_CAPTIONS} captions each")
     cpu, single = time_captioner(compositions)
     made = sum(r["captions"] for r in single.values())
     single_s = sum(r["seconds"] for r in single.values())
@@ -263,7 +263,7 @@ def run(args: argparse.Namespace) -> None:
     workers = len(os.sched_getaffinity(0))
     log(f"generating {args.captions} captions with {workers} worker process(es) ...")
     start = time.perf_counter()
-    frame, images_used = generate_frame(compositions, args.captions, per_call * len(MODES), workers)
+    frame, images_used = generate_frame(compositions, args.captions, per_call * len(CAPTION_MODES), workers)
     gen_s = time.perf_counter() - start
     log(f"generated in {gen_s:.1f}s; timing redundancy_table x{args.repeats}, redundancy, and redundancy_table's parts")
     rss_before_kib = peak_rss_kib()
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> None:
         if not path.exists():
             path.write_bytes(encode_png(to_8bit(rgb), 1))
         image_paths.append(path)
-        mode = MODES[k % len(MODES)]
+        mode = CAPTION_MODES[k % len(CAPTION_MODES)]
         texts = offline_captions(compositions[k], mode, caption_seed(0, cid, mode), N_PER_IMAGE)
         captions += texts
         index += [k] * len(texts)
@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"  {row['origin']:>9} {row['mode']:>6}: {row['redundancy_pct']:6.2f}% / {row['redundancy_norm_pct']:6.2f}% "
               f"({row['captions']} captions, {row['unique']} unique{paper_text})")
     overall = table.filter((pl.col("origin") == "all") & (pl.col("mode") == "all")).row(0, named=True)
-    by_mode = {m: [r["redundancy_pct"] for r in table.iter_rows(named=True) if r["mode"] == m] for m in MODES}
+    by_mode = {m: [r["redundancy_pct"] for r in table.iter_rows(named=True) if r["mode"] == m] for m in CAPTION_MODES}
     print(f"redundancy overall {overall['redundancy_pct']:.2f}% (normalized {overall['redundancy_norm_pct']:.2f}%); "
           + ", ".join(f"{m} {min(v):.2f}-{max(v):.2f}%" for m, v in by_mode.items())
           + f" (real-synthetic range); redundancy(text) alone {100 * red['exact']:.2f}%")

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from aras_assets.errors import BadInputError
 from aras_assets.landcover import CLASS_NAMES
 
-MODES = ("text", "vision", "hybrid")
 PLACEHOLDERS = frozenset({"class_info"})
 
 TEXT_SYSTEM = "You are a remote sensing expert."
@@ -22,7 +21,6 @@ VISION_USER = ("Describe this remote sensing image in 1 or 2 concise sentences, 
 HYBRID_USER = ("This remote sensing image contains the following land cover distribution: {class_info}. Based on this "
                "information, describe the scene in 1 or 2 concise sentences focusing on spatial layout and dominant "
                "land use types.")
-MAX_NEW_TOKENS = 100
 
 
 class PromptTemplateError(BadInputError, ValueError):

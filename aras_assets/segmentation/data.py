@@ -3,7 +3,6 @@ augmentation applied to image and mask together."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -98,19 +97,6 @@ class PatchDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image, mask = augment(image, mask, rng)
         return normalize(image), torch.from_numpy(mask.astype(np.int64))
-
-
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """Images alone (for labelling): normalised tensors and their index."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return normalize(read_image(self.paths[index])), index
 
 
 def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = False, workers: int = 0,

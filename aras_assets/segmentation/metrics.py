@@ -38,9 +38,6 @@ class ConfusionMatrix:
         counts = torch.bincount(truth_t * n + pred_t, minlength=n * n)
         self.counts += counts.reshape(n, n).cpu().numpy()
 
-    def merge(self, other: ConfusionMatrix) -> None:
-        self.counts += other.counts
-
     @property
     def total(self) -> int:
         return int(self.counts.sum())
