@@ -17,6 +17,7 @@ from typing import Any
 
 import dagster as dg
 
+from aras_assets.cron import parse_cron
 from aras_assets.grid import Footprint
 from aras_assets.landcover import DEFAULT_REMAP, validate_remap
 
@@ -128,7 +129,7 @@ class Settings:
     fid_images: int = 512  # real and synthetic images per FID estimate (at most)
     fid_inception_weights: str = ""  # local torchvision Inception-v3 state dict; empty = encoder-space FID only
     # Operating: scheduled partial backfills and the new-tile sensor.
-    backfill_cron: str = "*/15 * * * *"
+    backfill_cron: str = "*/15 * * * *"  # UTC; read at each tick (the schedules tick every minute)
     backfill_max_partitions: int = 4  # partitions one schedule tick may request
     backfill_assets: tuple[str, ...] = ("real_patches", "uncond_images", "real_captions")
     # How long a step keeps retrying a transient failure (endpoint down, network read) with
@@ -279,6 +280,9 @@ def _validate(s: Settings) -> None:
         raise ValueError("captions_per_image, caption_batch_size and caption_max_tokens must be at least 1")
     if min(s.seg_epochs, s.seg_batch_size, s.seg_eval_batch_size, s.label_batch_size) < 1:
         raise ValueError("seg_epochs and the batch sizes must be at least 1")
+    parse_cron(s.backfill_cron)  # raises, naming the bad field
+    if s.backfill_max_partitions < 1:
+        raise ValueError(f"backfill_max_partitions {s.backfill_max_partitions} must be at least 1")
 
 
 class SettingsResource(dg.ConfigurableResource):
