@@ -4,14 +4,14 @@ The graph is declared once in `aras_assets.graph`; jobs and schedules derive fro
 import dagster as dg
 
 from aras_assets.graph import ASSET_CHECKS, ASSETS, JOBS
-from aras_assets.operations.schedules import SCHEDULES, SENSORS
+from aras_assets.operations.schedules import SENSORS, backfill_schedules
 from aras_assets.resources_config import default_resources
 
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=ASSET_CHECKS,
     jobs=JOBS,
-    schedules=SCHEDULES,
+    schedules=backfill_schedules(ASSETS),
     sensors=SENSORS,
     resources=default_resources(),
 )

@@ -1,33 +1,37 @@
-"""Partial-backfill schedules and the new-tile sensor: the plain decision functions, and the
-schedule/sensor evaluated against a temporary instance with assets materialized on the sample region."""
+"""Partial-backfill schedules and the new-tile sensor: the plain decision functions (cron included),
+and the schedules/sensor evaluated against a temporary instance, with toy assets or with the real ones
+materialized on the sample region."""
 
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
-from dagster._core.storage.tags import RUN_KEY_TAG
 
-from aras_assets.captions.assets import ASSETS as CAPTION_ASSETS
+from aras_assets.cron import parse_cron
+from aras_assets.graph import ASSETS as ALL_ASSETS
 from aras_assets.grid import s2_filename
 from aras_assets.operations.schedules import (
     MISSING,
+    RUN_KEY_TAG,
     STALE,
     backfill_run_key,
-    backfill_schedule,
     backfill_schedules,
     new_tile_sensor,
     pick_backfill_partitions,
     plan_new_tiles,
 )
 from aras_assets.partitions import s2_tile_partitions
+from aras_assets.settings import SettingsResource
 from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
 from aras_assets.sources.assets import real_patches, tile_catalog
 from tests.conftest import make_resources
 
 TILES = ["N36E030", "N36E031", "N38E028", "N38E029"]
-REAL_PATCHES = dg.AssetKey("real_patches")
+ON_TICK = datetime(2025, 1, 6, 12, 30, tzinfo=UTC)  # a Monday; matches the default backfill_cron */15
 
 
 # --- plain functions --------------------------------------------------------------------------
@@ -69,17 +73,80 @@ def test_plan_new_tiles():
     assert (plan.add, plan.ready, plan.waiting) == ([], [], [])
 
 
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def test_cron_known_answers():
+    quarter = parse_cron("*/15 * * * *")
+    assert quarter.matches(utc(2025, 1, 6, 0, 15)) and not quarter.matches(utc(2025, 1, 6, 0, 16))
+    assert quarter.next_after(utc(2025, 1, 6, 0, 16)) == utc(2025, 1, 6, 0, 30)
+    assert quarter.next_after(utc(2025, 1, 6, 23, 45)) == utc(2025, 1, 7, 0, 0)  # strictly after
+
+    office = parse_cron("0 9-17/4 * * 1-5")  # 9, 13, 17 on weekdays
+    assert office.hours == {9, 13, 17} and office.weekdays == {1, 2, 3, 4, 5}
+    assert office.matches(utc(2025, 1, 6, 13, 0)) and not office.matches(utc(2025, 1, 4, 13, 0))  # Monday; Saturday
+    assert office.next_after(utc(2025, 1, 10, 17, 0)) == utc(2025, 1, 13, 9, 0)  # Friday evening -> Monday
+
+    assert parse_cron("5,10,20-22 * * * *").minutes == {5, 10, 20, 21, 22}
+    assert parse_cron("10/20 * * * *").minutes == {10, 30, 50}  # a/n runs to the end of the field
+    assert parse_cron("0 0 * * 7").weekdays == parse_cron("0 0 * * sun").weekdays == {0}
+    assert parse_cron("@daily") == parse_cron("0 0 * * *").__class__(**{**parse_cron("0 0 * * *").__dict__,
+                                                                          "expression": "@daily"})
+    assert parse_cron("0 0 1 jan-mar *").months == {1, 2, 3}
+
+    # Both day fields restricted: either matches; one starting with * : both must.
+    either = parse_cron("0 0 1,15 * 0")
+    assert either.matches(utc(2025, 1, 5)) and either.matches(utc(2025, 1, 15)) and not either.matches(utc(2025, 1, 14))
+    both = parse_cron("0 0 */2 * 1")  # odd days that are Mondays
+    assert both.matches(utc(2025, 1, 13)) and not both.matches(utc(2025, 1, 6)) and not both.matches(utc(2025, 1, 15))
+
+    assert parse_cron("30 2 29 2 *").next_after(utc(2025, 3, 1)) == utc(2028, 2, 29, 2, 30)
+
+
+@pytest.mark.parametrize(("expression", "message"), [
+    ("60 * * * *", "minute 60 is outside 0-59"),
+    ("* * * *", "must have 5 fields"),
+    ("*/0 * * * *", "step '0'"),
+    ("5-1 * * * *", "runs backwards"),
+    ("x * * * *", "minute 'x' is not a number"),
+    ("0 0 * 13 *", "month 13"),
+    ("0 0 30 2 *", "names no date"),
+])
+def test_cron_refuses(expression: str, message: str):
+    with pytest.raises(ValueError, match=message):
+        parse_cron(expression)
+
+
 # --- schedules against an instance -----------------------------------------------------------
 
 
-def repo(*schedules: dg.ScheduleDefinition, resources: dict[str, object]) -> dg.RepositoryDefinition:
-    return dg.Definitions(assets=[*SOURCE_ASSETS, *CAPTION_ASSETS], schedules=list(schedules),
-                          resources=resources).get_repository_def()
+def schedule_named(name: str, assets: list[object] = ALL_ASSETS) -> dg.ScheduleDefinition:
+    return {s.name: s for s in backfill_schedules(assets)}[name]
 
 
-def tick(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance, repository: dg.RepositoryDefinition):
-    with dg.build_schedule_context(instance=instance, repository_def=repository) as context:
+def with_settings(resources: dict[str, object], **overrides: str) -> dict[str, object]:
+    base = resources["settings"]
+    assert isinstance(base, SettingsResource)
+    return {**resources, "settings": SettingsResource(profile=base.profile, overrides={**base.overrides, **overrides})}
+
+
+def repo(schedule: dg.ScheduleDefinition, resources: dict[str, object],
+         assets: list[object] = ALL_ASSETS) -> dg.RepositoryDefinition:
+    return dg.Definitions(assets=assets, schedules=[schedule], resources=resources).get_repository_def()
+
+
+def tick(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance, resources: dict[str, object],
+         when: datetime = ON_TICK, assets: list[object] = ALL_ASSETS) -> Any:  # ScheduleExecutionData: not exported
+    # The repository resolves the partition of each request against the schedule's job.
+    with dg.build_schedule_context(instance=instance, resources=resources, scheduled_execution_time=when,
+                                   repository_def=repo(schedule, resources, assets)) as context:
         return schedule.evaluate_tick(context)
+
+
+def requested(result: Any) -> list[tuple[str, str]]:
+    assert result.skip_message is None, result.skip_message
+    return [(r.partition_key, r.tags["aras/backfill_reason"]) for r in result.run_requests]
 
 
 def materialize(selection, resources, instance, partition_key=None, tags=None, assets=None):
@@ -87,6 +154,40 @@ def materialize(selection, resources, instance, partition_key=None, tags=None, a
                             partition_key=partition_key, tags=tags)
     assert result.success
     return result
+
+
+def test_one_stopped_schedule_per_partitioned_asset():
+    schedules = backfill_schedules(ALL_ASSETS)
+    names = {s.name for s in schedules}
+    assert {"real_patches_backfill", "uncond_images_backfill", "real_captions_backfill"} <= names
+    assert "splits_backfill" not in names and "tile_catalog_backfill" not in names  # unpartitioned
+    assert all(s.cron_schedule == "* * * * *" and s.execution_timezone == "UTC" for s in schedules)
+    assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules)
+
+
+def test_tick_follows_the_settings(resources, instance):
+    """Nothing is fixed when the definitions load: each tick reads backfill_assets and backfill_cron."""
+    schedule = schedule_named("real_patches_backfill")
+    off_list = tick(schedule, instance, with_settings(resources, backfill_assets='["real_captions"]'))
+    assert off_list.skip_message == "real_patches is not in backfill_assets (real_captions)"
+
+    off_minute = tick(schedule, instance, resources, when=utc(2025, 1, 6, 12, 31))
+    assert off_minute.skip_message == ("2025-01-06 12:31 UTC does not match backfill_cron '*/15 * * * *'; "
+                                       "next at 2025-01-06 12:45 UTC")
+    hourly = with_settings(resources, backfill_cron="0 * * * *")
+    assert "next at 2025-01-06 13:00 UTC" in tick(schedule, instance, hourly).skip_message
+    # On the minute: no tile partitions yet, so nothing to backfill.
+    assert tick(schedule, instance, hourly, when=utc(2025, 1, 6, 13, 0)).skip_message == "real_patches has no partitions yet"
+
+
+def test_unknown_or_unpartitioned_backfill_asset_fails_every_tick(resources, instance):
+    bad = with_settings(resources, backfill_assets='["real_patches", "real_pathces", "splits"]')
+    for name in ("real_patches_backfill", "uncond_images_backfill"):
+        with pytest.raises(dg.DagsterUserCodeExecutionError) as caught:
+            tick(schedule_named(name), instance, bad)
+        message = str(caught.value.__cause__)
+        assert message.startswith("setting backfill_assets names 'real_pathces' (no such asset), 'splits' (not partitioned)")
+        assert "real_patches" in message.split(": ", 1)[1]  # lists the partitioned assets
 
 
 @pytest.fixture
@@ -98,32 +199,39 @@ def catalogued(resources, instance):
 
 def test_tick_requests_only_missing_partitions_at_most_k(resources, catalogued):
     instance = catalogued
-    schedule = backfill_schedule(REAL_PATCHES, s2_tile_partitions, "*/15 * * * *", limit=2)
-    repository = repo(schedule, resources=resources)
+    schedule = schedule_named("real_patches_backfill")
+    resources = with_settings(resources, backfill_max_partitions="2")
     materialize([real_patches], resources, instance, "N36E031")
 
-    first = tick(schedule, instance, repository).run_requests
+    first = tick(schedule, instance, resources).run_requests
     assert [r.partition_key for r in first] == ["N36E030", "N38E028"]  # N36E031 is there already
     assert len({r.run_key for r in first}) == 2
     assert all(r.run_key == f"real_patches:{r.partition_key}:1:missing" for r in first)
 
     # N36E030's run ran; N38E028's has not started yet: neither is asked again.
     materialize([real_patches], resources, instance, "N36E030", tags={RUN_KEY_TAG: first[0].run_key})
-    job = repository.get_job(f"{schedule.name}_job")
+    job = repo(schedule, resources).get_job(f"{schedule.name}_job")
     instance.create_run_for_job(job, tags={RUN_KEY_TAG: first[1].run_key, "dagster/partition": "N38E028"},
                                 status=dg.DagsterRunStatus.NOT_STARTED)
-    second = tick(schedule, instance, repository).run_requests
+    second = tick(schedule, instance, resources).run_requests
     assert [r.partition_key for r in second] == ["N38E029"]
     assert {r.run_key for r in second}.isdisjoint(r.run_key for r in first)
 
     materialize([real_patches], resources, instance, "N38E028")
     materialize([real_patches], resources, instance, "N38E029")
-    result = tick(schedule, instance, repository)
+    result = tick(schedule, instance, resources)
     assert not result.run_requests and "nothing to request" in result.skip_message
 
 
+def test_limit_comes_from_the_settings(resources, catalogued):
+    schedule = schedule_named("real_patches_backfill")
+    assert len(tick(schedule, catalogued, resources).run_requests) == 4  # the demo profile's 4
+    one = tick(schedule, catalogued, with_settings(resources, backfill_max_partitions="1")).run_requests
+    assert [r.partition_key for r in one] == ["N36E030"]
+
+
 def test_stale_partition_is_requested(resources, catalogued):
-    """A partition materialized by an older code version of the asset is stale in Dagster's eyes."""
+    """A partition materialized by an older code version of the asset is stale."""
     instance = catalogued
 
     @dg.asset(name="real_patches", partitions_def=s2_tile_partitions, code_version="0", deps=[tile_catalog],
@@ -134,31 +242,118 @@ def test_stale_partition_is_requested(resources, catalogued):
     materialize([real_patches_v0], resources, instance, "N38E028", assets=[tile_catalog, real_patches_v0])
     for tile in ("N36E030", "N36E031", "N38E029"):
         materialize([real_patches], resources, instance, tile)
-    schedule = backfill_schedule(REAL_PATCHES, s2_tile_partitions, "*/15 * * * *", limit=4)
-    repository = repo(schedule, resources=resources)
+    schedule = schedule_named("real_patches_backfill")
 
-    requests = tick(schedule, instance, repository).run_requests
+    requests = tick(schedule, instance, resources).run_requests
     assert [(r.partition_key, r.tags["aras/backfill_reason"]) for r in requests] == [("N38E028", STALE)]
     assert requests[0].run_key.startswith("real_patches:N38E028:1:") and not requests[0].run_key.endswith(MISSING)
 
     materialize([real_patches], resources, instance, "N38E028", tags={RUN_KEY_TAG: requests[0].run_key})
-    assert tick(schedule, instance, repository).skip_message
+    assert "nothing to request" in tick(schedule, instance, resources).skip_message
+
+    # The definitions move on to code version 2: every partition is stale, each with its own key.
+    @dg.asset(name="real_patches", partitions_def=s2_tile_partitions, code_version="2", deps=[tile_catalog],
+              group_name="sources")
+    def real_patches_v2() -> dg.MaterializeResult:
+        return dg.MaterializeResult()
+
+    bumped_assets = [tile_catalog, real_patches_v2]
+    bumped = schedule_named("real_patches_backfill", bumped_assets)
+    only = with_settings(resources, backfill_assets='["real_patches"]')  # the others are not in these definitions
+    requests = tick(bumped, instance, only, assets=bumped_assets).run_requests
+    assert [(r.partition_key, r.tags["aras/backfill_reason"]) for r in requests] == [(t, STALE) for t in TILES]
+    assert all(r.run_key.startswith(f"real_patches:{r.partition_key}:2:") for r in requests)
 
 
-def test_schedules_from_settings_names(resources, instance):
-    assets = [*SOURCE_ASSETS, *CAPTION_ASSETS]
-    schedules = backfill_schedules(["real_patches", "real_captions"], assets, "0 * * * *", 3)
-    assert [s.name for s in schedules] == ["real_patches_backfill", "real_captions_backfill"]
-    assert all(s.cron_schedule == "0 * * * *" for s in schedules)
+def test_new_gen_shards_are_requested_after_gen_shards_grows(resources, instance):
+    schedule = schedule_named("uncond_images_backfill")
+    two = with_settings(resources, gen_shards="2", backfill_assets='["uncond_images"]')
+    first = tick(schedule, instance, two).run_requests
+    assert [r.partition_key for r in first] == ["0000", "0001"]  # registered by the tick itself
+    job = repo(schedule, resources).get_job(f"{schedule.name}_job")
+    for r in first:  # the daemon launches them; they are queued
+        instance.create_run_for_job(job, tags={**r.tags, RUN_KEY_TAG: r.run_key, "dagster/partition": r.partition_key},
+                                    status=dg.DagsterRunStatus.NOT_STARTED)
 
-    # A name matching no asset loads, and each tick says why it does nothing.
-    (unknown,) = backfill_schedules(["real_pathces"], assets, "0 * * * *", 3)
-    result = tick(unknown, instance, repo(unknown, resources=resources))
-    assert not result.run_requests
-    assert "'real_pathces', which matches no asset" in result.skip_message and "real_patches" in result.skip_message
+    five = with_settings(two, gen_shards="5")
+    later = tick(schedule, instance, five, when=utc(2025, 1, 6, 12, 45)).run_requests
+    assert [r.partition_key for r in later] == ["0002", "0003", "0004"]
+    assert sorted(instance.get_dynamic_partitions("gen_shard")) == ["0000", "0001", "0002", "0003", "0004"]
 
-    with pytest.raises(ValueError, match=r"\['splits'\], which are not partitioned"):
-        backfill_schedules(["splits"], assets, "0 * * * *", 3)
+
+# --- staleness from the tags of materializations, on toy assets -----------------------------------
+
+
+LETTERS = dg.StaticPartitionsDefinition(["a", "b", "c"])
+PAIR = dg.StaticPartitionsDefinition(["x", "y"])
+
+
+def toy_assets(root: str = "1", up: str = "1", down: str = "1") -> list[dg.AssetsDefinition]:
+    """root (unpartitioned) and up (a, b, c) feed down (a, b, c, same partition of up); agg (x, y)
+    reads every partition of up. The arguments are code versions."""
+
+    @dg.asset(name="root", code_version=root)
+    def root_asset() -> dg.MaterializeResult:
+        return dg.MaterializeResult()
+
+    @dg.asset(name="up", code_version=up, partitions_def=LETTERS)
+    def up_asset() -> dg.MaterializeResult:
+        return dg.MaterializeResult()
+
+    @dg.asset(name="down", code_version=down, partitions_def=LETTERS, deps=[root_asset, up_asset])
+    def down_asset() -> dg.MaterializeResult:
+        return dg.MaterializeResult()
+
+    @dg.asset(name="agg", code_version="1", partitions_def=PAIR,
+              deps=[dg.AssetDep(up_asset, partition_mapping=dg.AllPartitionMapping())])
+    def agg_asset() -> dg.MaterializeResult:
+        return dg.MaterializeResult()
+
+    return [root_asset, up_asset, down_asset, agg_asset]
+
+
+def toy_materialize(instance: dg.DagsterInstance, assets: list[dg.AssetsDefinition], name: str,
+                    partitions: list[str | None]) -> None:
+    for partition in partitions:
+        selected = [a for a in assets if a.key.to_user_string() == name]
+        assert dg.materialize(assets, selection=selected, instance=instance, partition_key=partition).success
+
+
+def toy_ticks(instance: dg.DagsterInstance, assets: list[dg.AssetsDefinition]) -> dict[str, object]:
+    settings = {"settings": SettingsResource(overrides={"backfill_assets": '["up", "down", "agg"]',
+                                                        "backfill_cron": "* * * * *", "backfill_max_partitions": "10"})}
+    out: dict[str, object] = {}
+    for schedule in backfill_schedules(assets):
+        result = tick(schedule, instance, settings, assets=assets)
+        out[schedule.name.removesuffix("_backfill")] = result.skip_message or requested(result)
+    return out
+
+
+def test_stale_from_code_and_upstream_data_versions(instance):
+    assets = toy_assets()
+    toy_materialize(instance, assets, "root", [None])
+    toy_materialize(instance, assets, "up", ["a", "b", "c"])
+    toy_materialize(instance, assets, "down", ["a", "b", "c"])
+    toy_materialize(instance, assets, "agg", ["x", "y"])
+    # Fresh everywhere: the input versions Dagster recorded (one partition, all partitions, unpartitioned)
+    # are the ones recomputed now.
+    assert all("nothing to request" in str(v) for v in toy_ticks(instance, assets).values()), toy_ticks(instance, assets)
+
+    # up[b] is remade by new code: its data version changes, so down[b] and both agg partitions are stale.
+    toy_materialize(instance, toy_assets(up="2"), "up", ["b"])
+    ticks = toy_ticks(instance, assets)
+    assert ticks["up"] == [("b", STALE)]  # the definitions still say code version 1
+    assert ticks["down"] == [("b", STALE)] and ticks["agg"] == [("x", STALE), ("y", STALE)]
+
+    # The unpartitioned root changes: every partition of down is stale.
+    toy_materialize(instance, toy_assets(root="2"), "root", [None])
+    assert toy_ticks(instance, assets)["down"] == [("a", STALE), ("b", STALE), ("c", STALE)]
+
+    # Rematerialized from what the upstreams hold now: fresh again.
+    toy_materialize(instance, assets, "down", ["a", "b", "c"])
+    assert "nothing to request" in toy_ticks(instance, assets)["down"]
+    # New code for down alone: stale by code version.
+    assert toy_ticks(instance, toy_assets(down="2"))["down"] == [("a", STALE), ("b", STALE), ("c", STALE)]
 
 
 # --- the new-tile sensor ----------------------------------------------------------------------
