@@ -201,6 +201,7 @@ def dev_environment(home: Path, data_root: Path, tile_source: Path) -> dict[str,
         "ARAS_DATA_ROOT": str(data_root),
         "ARAS_TILE_SOURCE": str(tile_source),
         "ARAS_BACKFILL_MAX_PARTITIONS": "2",
+        "ARAS_BACKFILL_CRON": "* * * * *",  # a dry-run tick at any minute goes through
         "ARAS_WORKERS": "1",  # two cores are shared by the webserver, the daemon and the runs
         "PYTHONUNBUFFERED": "1",
     })
