@@ -49,7 +49,8 @@ class SettingsError(BadInputError, ValueError):
 class Rule:
     """What one setting allows beyond its type: bounds (ge/gt/le/lt), the names it may use (a
     string's value, a list's items or a mapping's keys), non-empty, and a last `check` that
-    returns what is wrong (or None), with `says`, what that check wants, in words."""
+    returns what is wrong (or None), with `says`, what that check wants, in words, continuing
+    the type's description (": west, south, ...", " that is a power of two")."""
 
     ge: float | None = None
     gt: float | None = None
@@ -145,14 +146,16 @@ def cron_problem(text: str) -> str | None:
             if m is None or (m[4] is not None and m[2] is not None and m[3] is None):  # a step needs * or a-b
                 return f"has {item!r} as a {what}"
             ends = [int(g) for g in (m[2], m[3]) if g is not None]
-            if any(not low <= v <= high for v in ends) or (len(ends) == 2 and ends[0] > ends[1]):
+            if any(not low <= v <= high for v in ends):
                 return f"has {item!r} as a {what}, outside {low}-{high}"
+            if len(ends) == 2 and ends[0] > ends[1]:
+                return f"has the backward range {item!r} as a {what}"
             if m[4] is not None and not 1 <= int(m[4]) <= high:
                 return f"has the step {item!r} as a {what}"
     return None
 
 
-CRON_SAYS = ("of 5 cron fields: minute hour day-of-month month day-of-week, "
+CRON_SAYS = (" of 5 cron fields: minute hour day-of-month month day-of-week, "
              "each a comma list of *, n, a-b, */n or a-b/n")
 
 
@@ -219,7 +222,7 @@ class Settings:
                                               metadata=limits(choices=("text", "text_system", "vision", "hybrid")))
     # Generation, unconditional style-based GAN (gan_*): size, widths and the training recipe.
     # Widths: channels at resolution r = min(gan_channel_base // r, gan_channel_max).
-    gan_resolution: int = rule(32, ge=8, check=_power_of_two_problem, says="that is a power of two")
+    gan_resolution: int = rule(32, ge=8, check=_power_of_two_problem, says=" that is a power of two")
     gan_z_dim: int = rule(64, ge=1)
     gan_w_dim: int = rule(64, ge=1)
     gan_mapping_layers: int = rule(2, ge=1)
@@ -343,7 +346,8 @@ def allowed(name: str) -> str:
     """What a setting accepts, in words: its type, then its rule."""
     r = RULES[name]
     kind = _kind(TYPES[name], r.choices, r.nonempty)
-    return " ".join(p for p in (kind, r.bounds(), r.says) if p).replace(" :", ":")
+    bounds = r.bounds()
+    return f"{kind} {bounds}{r.says}" if bounds else f"{kind}{r.says}"
 
 
 class _Wrong(Exception):
