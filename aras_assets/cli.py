@@ -12,10 +12,12 @@ from aras_assets.instance import PROJECT_ROOT, ensure_dagster_home
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
+    from aras_assets.settings import SettingsError
+
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"--set expects name=value, got {pair!r}")
+            raise SettingsError(f"--set expects name=value, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = value.strip()
     return out
@@ -66,11 +68,15 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
 
 
 def cmd_sample_region(args: argparse.Namespace) -> int:
-    from aras_assets.settings import load_settings
+    from aras_assets.settings import SettingsError, load_settings
     from aras_assets.sources.sample_region import write_sample_region
     from resources.storage import StorageResource
 
-    settings = load_settings(overrides=_overrides(args.set))
+    try:
+        settings = load_settings(overrides=_overrides(args.set))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     out = Path(args.out) if args.out else StorageResource().resolve("sample_region")
     seed = settings.sample_seed if args.seed is None else args.seed
     tile_px = settings.sample_tile_px if args.tile_px is None else args.tile_px
@@ -81,9 +87,13 @@ def cmd_sample_region(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    from aras_assets.settings import load_settings
+    from aras_assets.settings import SettingsError, load_settings
 
-    settings = load_settings(args.profile, _overrides(args.set))
+    try:
+        settings = load_settings(args.profile, _overrides(args.set))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for f in dataclasses.fields(settings):
         print(f"{f.name:18s} {getattr(settings, f.name)!r}")
     return 0

@@ -3,21 +3,30 @@ any single value can be overridden by a settings file, an environment variable o
 
 Precedence, lowest first: profile defaults, the TOML file named by ARAS_SETTINGS
 (a `[settings]` table), environment variables `ARAS_<NAME>` (upper case), explicit overrides
-(`aras --set name=value`, or the `settings` resource's `overrides` in the Dagster launchpad)."""
+(`aras --set name=value`, or the `settings` resource's `overrides` in the Dagster launchpad).
+
+Every value is checked before any stage runs: its exact type (a bool is not a number, 1.9 is
+not a whole number; text from the environment or the CLI is read as JSON for non-text
+settings) and the rule declared with its field (bounds, allowed names, a last check). A
+refusal is a `SettingsError` whose one line names the setting, the value and what is allowed."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 
 from aras_assets.cron import parse_cron
+from aras_assets.errors import BadInputError
 from aras_assets.grid import Footprint
 from aras_assets.landcover import DEFAULT_REMAP, validate_remap
 
@@ -32,109 +41,219 @@ DEMO_ENCODERS = {arch: "tu-mobilenetv3_small_050" for arch in SEG_ARCHS} | {"seg
 PAPER_ENCODERS = {arch: "resnet34" for arch in SEG_ARCHS} | {"segformer": "mit_b2"}
 
 
+class SettingsError(BadInputError, ValueError):
+    """A setting that cannot be used. A `BadInputError`, so a step fails once without retries;
+    a `ValueError`, so callers that catch bad values keep catching it."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one setting allows beyond its type: bounds (ge/gt/le/lt), the names it may use (a
+    string's value, a list's items or a mapping's keys), non-empty, and a last `check` that
+    returns what is wrong (or None), with `says`, what that check wants, in words, continuing
+    the type's description (": west, south, ...", " that is a power of two")."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] = ()
+    nonempty: bool = False
+    check: Callable[[Any], str | None] | None = None
+    says: str = ""
+
+    def bounds(self) -> str:
+        low = f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else None
+        high = f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return (">= " if low[0] == "[" else "> ") + low[1:]
+        if high:
+            return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+        return ""
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+                    or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt)):
+                return "is out of range"
+        if self.nonempty and not value:
+            return "is empty"
+        if self.choices:
+            names = [value] if isinstance(value, str) else list(value)  # a list's items or a mapping's keys
+            unknown = [n for n in names if n not in self.choices]
+            if unknown:
+                return "is unknown" if isinstance(value, str) else f"names {', '.join(map(repr, unknown))}, not known"
+        return self.check(value) if self.check else None
+
+
+def _num(x: float | None) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else repr(x)
+
+
+def limits(*, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+           choices: Iterable[str] = (), nonempty: bool = False,
+           check: Callable[[Any], str | None] | None = None, says: str = "") -> dict[str, Rule]:
+    """A field's metadata holding its `Rule` (for fields that need `field(default_factory=...)`)."""
+    return {"rule": Rule(ge, gt, le, lt, tuple(choices), nonempty, check, says)}
+
+
+def rule(default: Any, **kw: Any) -> Any:
+    """A settings field with its `Rule` (keywords of `limits`), so a value's limits sit next to its default."""
+    return field(default=default, metadata=limits(**kw))
+
+
+def _bbox_problem(box: tuple[float, ...]) -> str | None:
+    w, s, e, n = box
+    ok = w < e and s < n and -180 <= w and e <= 180 and -90 <= s and n <= 90
+    return None if ok else "is not a box"
+
+
+def _fractions_problem(fractions: tuple[float, ...]) -> str | None:
+    return None if abs(sum(fractions) - 1.0) <= 1e-6 and min(fractions) >= 0 else "does not split 1"
+
+
+def _remap_problem(remap: dict[int, int]) -> str | None:
+    try:
+        validate_remap(remap)
+    except ValueError as exc:
+        return f"is refused: {exc}"
+    return None
+
+
+def _encoders_problem(encoders: dict[str, str]) -> str | None:
+    missing = sorted(set(SEG_ARCHS) - set(encoders))
+    return f"names no encoder for {', '.join(missing)}" if missing else None
+
+
+def _power_of_two_problem(n: int) -> str | None:
+    return None if n & (n - 1) == 0 else "is not a power of two"
+
+
+def cron_problem(text: str) -> str | None:
+    """What is wrong with a 5-field cron expression (the schedules' own parser says), or None."""
+    try:
+        parse_cron(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+CRON_SAYS = (" of 5 cron fields: minute hour day-of-month month day-of-week, "
+             "each a comma list of *, n, a-b, */n or a-b/n")
+
+
 @dataclass(frozen=True)
 class Settings:
     profile: str = "demo"
     # Sources: where tiles come from and which area to take.
-    bbox: tuple[float, float, float, float] = (27.9, 35.9, 31.2, 39.1)  # west, south, east, north
+    bbox: tuple[float, float, float, float] = rule((27.9, 35.9, 31.2, 39.1), check=_bbox_problem,  # west, south, east, north
+                                                   says=": west, south, east, north in degrees; west < east, south < north")
     tile_source: str = "sample_region"  # a folder (relative paths sit under the data root) or "templates"
     s2_uri_template: str = S2_BUCKET_TEMPLATE
     wc_uri_template: str = WC_BUCKET_TEMPLATE
     # Sample region written by `aras sample-region`.
-    sample_seed: int = 7
-    sample_tile_px: int = 1600
+    sample_seed: int = rule(7, ge=0)
+    sample_tile_px: int = rule(1600, ge=512)  # the sample landscapes need 512 px a side
     # Patches.
-    remap: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_REMAP))
-    normalization: str = "per_patch_max"  # or "stretch"
-    stretch_max: int = 3000  # reflectance x 10000 that maps to 255 with "stretch"
-    water_max_share: float = 0.9
+    remap: dict[int, int] = field(default_factory=lambda: dict(DEFAULT_REMAP), metadata=limits(
+        check=_remap_problem, says=": WorldCover codes to kept class codes, every code given a class"))
+    normalization: str = rule("per_patch_max", choices=("per_patch_max", "stretch"))
+    stretch_max: int = rule(3000, ge=1)  # reflectance x 10000 that maps to 255 with "stretch"
+    water_max_share: float = rule(0.9, gt=0, le=1)
     # zlib level of the PNGs: lossless at every level; 1 encodes ~4x faster than PIL's default 6
     # for files ~15% larger, and encoding dominates patch extraction.
-    png_compress_level: int = 1
-    workers: int = 0  # threads for patch extraction; 0 = one per core
+    png_compress_level: int = rule(1, ge=0, le=9)
+    workers: int = rule(0, ge=0)  # threads for patch extraction; 0 = one per core
     # Splits.
-    split_method: str = "blocked"  # or "random"
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    split_block: int = 2  # patches per side of a spatial block
-    split_seed: int = 42
+    split_method: str = rule("blocked", choices=("blocked", "random"))
+    split_fractions: tuple[float, float, float] = rule((0.8, 0.1, 0.1), check=_fractions_problem,
+                                                       says=": train, validation and test shares >= 0 summing to 1")
+    split_block: int = rule(2, ge=1)  # patches per side of a spatial block
+    split_seed: int = rule(42, ge=0)
     # Segmentation: which architectures `aras demo|run` trains (all six are partitions of the
     # asset), the encoder of each, and the training recipe (the paper profile is the release's;
     # the demo adds cross-entropy and smaller batches so tiny models learn from ~100 patches).
-    seg_archs: tuple[str, ...] = ("pan", "fpn")
-    seg_encoders: dict[str, str] = field(default_factory=lambda: dict(DEMO_ENCODERS))
+    seg_archs: tuple[str, ...] = rule(("pan", "fpn"), choices=SEG_ARCHS)
+    seg_encoders: dict[str, str] = field(default_factory=lambda: dict(DEMO_ENCODERS),
+                                           metadata=limits(choices=SEG_ARCHS, check=_encoders_problem))
     seg_encoder_weights: str = ""  # folder of local `<encoder>.pth` files; empty = random init, nothing downloaded
-    seg_epochs: int = 12
-    seg_batch_size: int = 4
-    seg_eval_batch_size: int = 16
-    seg_lr: float = 2e-3
-    seg_weight_decay: float = 1e-2
-    seg_grad_clip: float = 1.0
-    seg_ce_weight: float = 1.0  # x cross-entropy added to the Dice loss (0 = Dice only, as the release)
-    seg_lr_factor: float = 0.5
-    seg_lr_patience: int = 2
-    seg_patience: int = 5  # early stopping, epochs without a better validation macro F1
+    seg_epochs: int = rule(12, ge=1)
+    seg_batch_size: int = rule(4, ge=1)
+    seg_eval_batch_size: int = rule(16, ge=1)
+    seg_lr: float = rule(2e-3, gt=0)
+    seg_weight_decay: float = rule(1e-2, ge=0)
+    seg_grad_clip: float = rule(1.0, ge=0)  # 0 = no clipping
+    seg_ce_weight: float = rule(1.0, ge=0)  # x cross-entropy added to the Dice loss (0 = Dice only, as the release)
+    seg_lr_factor: float = rule(0.5, gt=0, lt=1)  # ReduceLROnPlateau refuses 1 and more
+    seg_lr_patience: int = rule(2, ge=0)
+    seg_patience: int = rule(5, ge=1)  # early stopping, epochs without a better validation macro F1
     seg_augment: bool = True
-    seg_seed: int = 0
-    seg_loader_workers: int = 0  # DataLoader worker processes; 0 reads in the training process
-    label_batch_size: int = 16
+    seg_seed: int = rule(0, ge=0)
+    seg_loader_workers: int = rule(0, ge=0)  # DataLoader worker processes; 0 reads in the training process
+    label_batch_size: int = rule(16, ge=1)
     label_model: str = "champion"  # who labels images: champion, <arch>, <arch>/<version> or <arch>@<alias>
     # Captions: modes, captions per image (the release: 5), sampling of model backends, and
     # prompt templates replacing the release's (keys text, text_system, vision, hybrid).
-    caption_modes: tuple[str, ...] = ("text", "vision", "hybrid")
-    captions_per_image: int = 5
-    caption_seed: int = 0
-    caption_batch_size: int = 64
-    caption_temperature: float = 0.8
-    caption_top_p: float = 0.95
-    caption_max_tokens: int = 100
-    caption_prompts: dict[str, str] = field(default_factory=dict)
+    caption_modes: tuple[str, ...] = rule(("text", "vision", "hybrid"), choices=("text", "vision", "hybrid"), nonempty=True)
+    captions_per_image: int = rule(5, ge=1)
+    caption_seed: int = rule(0, ge=0)
+    caption_batch_size: int = rule(64, ge=1)
+    caption_temperature: float = rule(0.8, ge=0)
+    caption_top_p: float = rule(0.95, gt=0, le=1)
+    caption_max_tokens: int = rule(100, ge=1)
+    caption_prompts: dict[str, str] = field(default_factory=dict,
+                                              metadata=limits(choices=("text", "text_system", "vision", "hybrid")))
     # Generation, unconditional style-based GAN (gan_*): size, widths and the training recipe.
     # Widths: channels at resolution r = min(gan_channel_base // r, gan_channel_max).
-    gan_resolution: int = 32
-    gan_z_dim: int = 64
-    gan_w_dim: int = 64
-    gan_mapping_layers: int = 2
-    gan_channel_base: int = 1024
-    gan_channel_max: int = 64
-    gan_steps: int = 400
-    gan_batch_size: int = 8
-    gan_lr: float = 2.5e-3
-    gan_r1_gamma: float = 0.2
-    gan_r1_interval: int = 16  # lazy R1: the penalty every this many discriminator steps
-    gan_style_mixing: float = 0.9
-    gan_ema_kimg: float = 0.5  # half-life of the generator's moving average, thousands of images
-    gan_augment: tuple[str, ...] = ("color", "translation", "cutout")  # DiffAugment policy; () = off
-    gan_checkpoint_every: int = 100  # steps
-    gan_fid_every: int = 200  # steps; 0 = only at the end
-    gan_seed: int = 0
+    gan_resolution: int = rule(32, ge=8, check=_power_of_two_problem, says=" that is a power of two")
+    gan_z_dim: int = rule(64, ge=1)
+    gan_w_dim: int = rule(64, ge=1)
+    gan_mapping_layers: int = rule(2, ge=1)
+    gan_channel_base: int = rule(1024, ge=1)
+    gan_channel_max: int = rule(64, ge=1)
+    gan_steps: int = rule(400, ge=1)
+    gan_batch_size: int = rule(8, ge=1)
+    gan_lr: float = rule(2.5e-3, gt=0)
+    gan_r1_gamma: float = rule(0.2, ge=0)  # 0 = no R1 penalty
+    gan_r1_interval: int = rule(16, ge=1)  # lazy R1: the penalty every this many discriminator steps
+    gan_style_mixing: float = rule(0.9, ge=0, le=1)  # probability
+    gan_ema_kimg: float = rule(0.5, ge=0)  # half-life of the generator's moving average, thousands of images; 0 = none
+    gan_augment: tuple[str, ...] = rule(("color", "translation", "cutout"),  # DiffAugment policy; () = off
+                                        choices=("color", "translation", "cutout"))
+    gan_checkpoint_every: int = rule(100, ge=1)  # steps
+    gan_fid_every: int = rule(200, ge=0)  # steps; 0 = only at the end
+    gan_seed: int = rule(0, ge=0)
     # Conditional SPADE generator with a U-Net discriminator (cond_*).
-    cond_z_dim: int = 16
-    cond_channels: int = 16  # narrowest generator layer; the widest is up to 8x this
-    cond_hidden: int = 32  # width of the mask embedding inside each SPADE layer
-    cond_steps: int = 300
-    cond_batch_size: int = 8
-    cond_lr_g: float = 1e-4
-    cond_lr_d: float = 4e-4
-    cond_cutmix_prob: float = 0.5
-    cond_consistency_weight: float = 1.0
+    cond_z_dim: int = rule(16, ge=1)
+    cond_channels: int = rule(16, ge=1)  # narrowest generator layer; the widest is up to 8x this
+    cond_hidden: int = rule(32, ge=1)  # width of the mask embedding inside each SPADE layer
+    cond_steps: int = rule(300, ge=1)
+    cond_batch_size: int = rule(8, ge=1)
+    cond_lr_g: float = rule(1e-4, gt=0)
+    cond_lr_d: float = rule(4e-4, gt=0)
+    cond_cutmix_prob: float = rule(0.5, ge=0, le=1)
+    cond_consistency_weight: float = rule(1.0, ge=0)
     cond_vgg_weights: str = ""  # local torchvision VGG-19 state dict; empty = no perceptual loss
-    cond_vgg_weight: float = 10.0
-    cond_images_per_mask: int = 2  # k synthetic images per training patch of a tile
+    cond_vgg_weight: float = rule(10.0, ge=0)
+    cond_images_per_mask: int = rule(2, ge=1)  # k synthetic images per training patch of a tile
     # Sharded generation and FID.
-    gen_shards: int = 4  # gen_shard partitions 0000..; registered by the generation stage, never removed
-    gen_shard_size: int = 16  # images per shard
-    gen_batch_size: int = 16
-    gen_seed: int = 0
-    gen_truncation_psi: float = 1.0
-    fid_images: int = 512  # real and synthetic images per FID estimate (at most)
+    # gen_shard partitions 0000..; registered by the generation stage, never removed (four digits: at most 10000)
+    gen_shards: int = rule(4, ge=1, le=10_000)
+    gen_shard_size: int = rule(16, ge=1)  # images per shard
+    gen_batch_size: int = rule(16, ge=1)
+    gen_seed: int = rule(0, ge=0)
+    gen_truncation_psi: float = rule(1.0, ge=0, le=1)  # 0 = the mean w, 1 = no truncation
+    fid_images: int = rule(512, ge=2)  # real and synthetic images per FID estimate (at most); a covariance needs 2
     fid_inception_weights: str = ""  # local torchvision Inception-v3 state dict; empty = encoder-space FID only
     # Operating: scheduled partial backfills and the new-tile sensor.
-    backfill_cron: str = "*/15 * * * *"  # UTC; read at each tick (the schedules tick every minute)
-    backfill_max_partitions: int = 4  # partitions one schedule tick may request
+    backfill_cron: str = rule("*/15 * * * *", check=cron_problem, says=CRON_SAYS)  # UTC; read at each tick
+    backfill_max_partitions: int = rule(4, ge=1)  # partitions one schedule tick may request
     backfill_assets: tuple[str, ...] = ("real_patches", "uncond_images", "real_captions")
     # How long a step keeps retrying a transient failure (endpoint down, network read) with
     # exponential backoff before it fails; 0 = fail at once.
-    retry_window_s: float = 120.0
+    retry_window_s: float = rule(120.0, ge=0, le=3600)
 
     @property
     def bbox_footprint(self) -> Footprint:
@@ -188,38 +307,116 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+TYPES: dict[str, Any] = typing.get_type_hints(Settings)
+RULES: dict[str, Rule] = {name: f.metadata.get("rule", Rule()) for name, f in FIELDS.items()}
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Turn an override (often a string from env or CLI) into the field's type."""
-    if name not in FIELDS:
-        raise ValueError(f"unknown setting {name!r}; known settings: {', '.join(sorted(FIELDS))}")
-    default = getattr(Settings(), name)
-    if isinstance(value, str) and not isinstance(default, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"setting {name}: {value!r} is not valid JSON for a {type(default).__name__}") from exc
-    if isinstance(default, tuple):
-        if isinstance(default[0], str):  # a list of names, any length
-            if isinstance(value, str) or not isinstance(value, list | tuple):
-                raise ValueError(f"setting {name}: expected a list of names, got {value!r}")
-            return tuple(str(v) for v in value)
-        if not isinstance(value, list | tuple) or len(value) != len(default):
-            raise ValueError(f"setting {name}: expected {len(default)} values, got {value!r}")
-        return tuple(float(v) for v in value)
-    if isinstance(default, dict):
-        if not isinstance(value, Mapping):
-            raise ValueError(f"setting {name}: expected a mapping, got {value!r}")
-        kind = type(next(iter(default.values()))) if default else str
-        return {kind(k): kind(v) for k, v in value.items()}
-    if isinstance(default, bool):
-        return bool(value)
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
+def _kind(tp: Any, choices: tuple[str, ...] = (), nonempty: bool = False) -> str:
+    """A type in words ("a whole number", "a list of 4 numbers")."""
+    names = f"names from {', '.join(choices)}" if choices else "names"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        if args[-1] is Ellipsis:
+            return f"a {'non-empty ' if nonempty else ''}list of {names if args[0] is str else _kind(args[0])}"
+        return f"a list of {len(args)} {'numbers' if args[0] is float else 'values'}"
+    if origin is dict:
+        keys = f"from {', '.join(choices)}" if choices else f"of {_kind(args[0]).removeprefix('a ')}s"
+        return f"a mapping {keys} to {_kind(args[1]).removeprefix('a ')}s"
+    if tp is str and choices:
+        return f"one of {', '.join(choices)}"
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}[tp]
+
+
+def allowed(name: str) -> str:
+    """What a setting accepts, in words: its type, then its rule."""
+    r = RULES[name]
+    kind = _kind(TYPES[name], r.choices, r.nonempty)
+    bounds = r.bounds()
+    return f"{kind} {bounds}{r.says}" if bounds else f"{kind}{r.says}"
+
+
+class _Wrong(Exception):
+    """What is wrong with a value, in words ("is not an integer"); the caller adds which setting."""
+
+
+def _scalar(tp: Any, value: Any) -> Any:
+    if tp is bool or tp is str:
+        if isinstance(value, tp):
+            return value
+        raise _Wrong("is not a boolean" if tp is bool else "is not a string")
+    noun = "an integer" if tp is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float):  # True is an int to Python, not to us
+        raise _Wrong(f"is not {noun}")
+    if isinstance(value, float) and not math.isfinite(value):  # json.loads reads NaN and Infinity
+        raise _Wrong("is not a finite number")
+    if tp is float:
         return float(value)
-    return str(value)
+    if isinstance(value, float):  # 2.0 (or 2e3) is a whole number; 1.9 is not
+        if not value.is_integer():
+            raise _Wrong(f"is not {noun}")
+        return int(value)
+    return value
+
+
+def _item(tp: Any, value: Any) -> Any:
+    try:
+        return _scalar(tp, value)
+    except _Wrong as wrong:
+        raise _Wrong(f"has {value!r}, which {wrong}") from None
+
+
+def _key(tp: Any, key: Any) -> Any:
+    if tp is int and isinstance(key, str) and re.fullmatch(r"-?[0-9]+", key):  # JSON and TOML keys are strings
+        return int(key)
+    return _item(tp, key)
+
+
+def _typed(tp: Any, value: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise _Wrong("is not a list")
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            raise _Wrong(f"has {len(value)} values, not {len(args)}")
+        return tuple(_item(args[0], v) for v in value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _Wrong("is not a mapping")
+        return {_key(args[0], k): _item(args[1], v) for k, v in value.items()}
+    return _scalar(tp, value)
+
+
+def _coerce(name: str, value: Any) -> tuple[Any, str]:
+    """Turn an override into the field's exact type; text for a non-text setting (from the
+    environment, the CLI or the launchpad) is read as JSON first. Returns the value and how to
+    show it in a refusal: as typed (true, not 'true')."""
+    if name not in FIELDS:
+        raise SettingsError(f"unknown setting {name!r} (given {value!r}); known settings: {', '.join(sorted(FIELDS))}")
+    tp = TYPES[name]
+    shown = repr(value)
+    if isinstance(value, str) and tp is not str:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            raise SettingsError(f"setting {name}: {value!r} is not valid JSON ({allowed(name)})") from None
+        shown, value = (value if value.isprintable() else repr(value)), parsed
+    try:
+        return _typed(tp, value), shown
+    except _Wrong as wrong:
+        raise SettingsError(f"setting {name}: {shown} {wrong} ({allowed(name)})") from None
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh).get("settings", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+        raise SettingsError(f"setting ARAS_SETTINGS: {path!r} cannot be read: {reason} "
+                            "(a TOML file with a [settings] table)") from None
+    if not isinstance(table, dict):
+        raise SettingsError(f"setting ARAS_SETTINGS: {path!r} has no [settings] table (a TOML file with a [settings] table)")
+    return table
 
 
 def load_settings(profile: str | None = None, overrides: Mapping[str, Any] | None = None,
@@ -227,63 +424,32 @@ def load_settings(profile: str | None = None, overrides: Mapping[str, Any] | Non
     env = os.environ if environ is None else environ
     profile = profile or env.get("ARAS_PROFILE") or "demo"
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        raise SettingsError(f"setting profile: {profile!r} is an unknown profile (one of {', '.join(PROFILES)})")
     values: dict[str, Any] = dict(PROFILES[profile])
     if env.get("ARAS_SETTINGS"):
-        with open(env["ARAS_SETTINGS"], "rb") as fh:
-            values.update(tomllib.load(fh).get("settings", {}))
+        values.update(_read_toml(env["ARAS_SETTINGS"]))
     for name in FIELDS:
         if name != "profile" and f"ARAS_{name.upper()}" in env:
             values[name] = env[f"ARAS_{name.upper()}"]
     values.update(overrides or {})
     values.pop("profile", None)
-    coerced = {k: _coerce(k, v) for k, v in values.items()}
+    coerced, shown = {}, {}
+    for name, value in values.items():
+        coerced[name], shown[name] = _coerce(name, value)
     if "seg_encoders" in coerced:  # a partial mapping changes only the architectures it names
         coerced["seg_encoders"] = {**PROFILES[profile].get("seg_encoders", DEMO_ENCODERS), **coerced["seg_encoders"]}
     settings = Settings(profile=profile, **coerced)
-    _validate(settings)
+    _validate(settings, shown)
     return settings
 
 
-def _validate(s: Settings) -> None:
-    w, so, e, n = s.bbox
-    if not (w < e and so < n and -180 <= w and e <= 180 and -90 <= so and n <= 90):
-        raise ValueError(f"bbox {s.bbox} must be (west, south, east, north) in degrees with west < east, south < north")
-    if s.normalization not in ("per_patch_max", "stretch"):
-        raise ValueError(f"normalization {s.normalization!r} must be 'per_patch_max' or 'stretch'")
-    if s.split_method not in ("blocked", "random"):
-        raise ValueError(f"split_method {s.split_method!r} must be 'blocked' or 'random'")
-    if abs(sum(s.split_fractions) - 1.0) > 1e-6 or min(s.split_fractions) < 0:
-        raise ValueError(f"split_fractions {s.split_fractions} must be three non-negative numbers summing to 1")
-    if not 0 <= s.png_compress_level <= 9:
-        raise ValueError(f"png_compress_level {s.png_compress_level} must be 0..9")
-    if not 0 < s.water_max_share <= 1:
-        raise ValueError(f"water_max_share {s.water_max_share} must be in (0, 1]")
-    validate_remap(s.remap)
-    unknown = sorted(set(s.seg_archs) - set(SEG_ARCHS))
-    if unknown:
-        raise ValueError(f"seg_archs {unknown} unknown; architectures are {', '.join(SEG_ARCHS)}")
-    missing = sorted(set(SEG_ARCHS) - set(s.seg_encoders))
-    if missing:
-        raise ValueError(f"seg_encoders names no encoder for {missing}")
-    if s.gan_resolution < 8 or s.gan_resolution & (s.gan_resolution - 1):
-        raise ValueError(f"gan_resolution {s.gan_resolution} must be a power of two, at least 8")
-    bad_aug = sorted(set(s.gan_augment) - {"color", "translation", "cutout"})
-    if bad_aug:
-        raise ValueError(f"gan_augment {bad_aug} unknown; choose from color, translation, cutout")
-    if s.gen_shards < 1 or s.gen_shard_size < 1:
-        raise ValueError("gen_shards and gen_shard_size must be at least 1")
-    bad_modes = sorted(set(s.caption_modes) - {"text", "vision", "hybrid"})
-    if bad_modes or not s.caption_modes:
-        raise ValueError(f"caption_modes {list(s.caption_modes)} must be some of text, vision, hybrid")
-    if min(s.captions_per_image, s.caption_batch_size, s.caption_max_tokens) < 1:
-        raise ValueError("captions_per_image, caption_batch_size and caption_max_tokens must be at least 1")
-    if min(s.seg_epochs, s.seg_batch_size, s.seg_eval_batch_size, s.label_batch_size) < 1:
-        raise ValueError("seg_epochs and the batch sizes must be at least 1")
-    parse_cron(s.backfill_cron)  # raises, naming the bad field
-    if s.backfill_max_partitions < 1:
-        raise ValueError(f"backfill_max_partitions {s.backfill_max_partitions} must be at least 1")
-
+def _validate(s: Settings, shown: Mapping[str, str] | None = None) -> None:
+    """Each field's rule, on the merged values (defaults included); `shown`: values as given."""
+    for name, r in RULES.items():
+        value = getattr(s, name)
+        problem = r.problem(value)
+        if problem:
+            raise SettingsError(f"setting {name}: {(shown or {}).get(name, repr(value))} {problem} ({allowed(name)})")
 
 class SettingsResource(dg.ConfigurableResource):
     """The active profile and overrides, as a resource so the launchpad can change them per run."""
