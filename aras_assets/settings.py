@@ -135,8 +135,8 @@ def cron_problem(text: str) -> str | None:
     """What is wrong with a 5-field cron expression (the schedules' own parser says), or None."""
     try:
         parse_cron(text)
-    except ValueError as exc:
-        return str(exc)
+    except ValueError as exc:  # the setting's message names the expression already
+        return str(exc).removeprefix(f"cron {text!r}: ").removeprefix(f"cron {text!r} ")
     return None
 
 

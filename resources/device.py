@@ -18,6 +18,10 @@ from aras_assets.errors import BadInputError
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
+class DeviceUnavailableError(BadInputError, RuntimeError):
+    """The configured device is not there (cuda on a machine without a GPU)."""
+
+
 @cache
 def cpu_has_native_bf16() -> bool:
     """AMX or AVX512-BF16: there CPU bf16 autocast is several times faster than fp32 for
@@ -93,7 +97,7 @@ class TorchDeviceResource(dg.ConfigurableResource):
         import torch
 
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise BadInputError("device 'cuda' was configured but torch sees no CUDA GPU; set device to 'auto' or 'cpu'")
+            raise DeviceUnavailableError("device 'cuda' was configured but torch sees no CUDA GPU; set device to 'auto' or 'cpu'")
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
