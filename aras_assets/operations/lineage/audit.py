@@ -9,7 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from aras_assets.operations.lineage.ids import REAL, UNCOND
+from aras_assets import layout
+from aras_assets.layout import REAL, UNCOND
 from aras_assets.operations.lineage.manifests import CAPTIONS, IMAGES, LABELS, PATCHES, Kind, schema_error
 
 
@@ -44,14 +45,14 @@ def broken_chains(root: Path, client: Any, examples: int = 5) -> dict[str, Any]:
     Returns counts of what was checked and, per kind of break, its count and the first examples."""
     root = Path(root)
     s = pl.String
-    patches = _lazy(_glob(root, "patches/*/manifest.parquet"), PATCHES, ["patch_id", "s2_tile", "s2_uri", "wc_uri"],
+    patches = _lazy(_glob(root, layout.PATCH_MANIFESTS), PATCHES, ["patch_id", "s2_tile", "s2_uri", "wc_uri"],
                     {"patch_id": s, "s2_tile": s, "s2_uri": s, "wc_uri": s})
-    synthetic = _lazy(_glob(root, "synthetic/*/*/manifest.parquet"), IMAGES,
+    synthetic = _lazy(_glob(root, layout.SYNTHETIC_MANIFESTS), IMAGES,
                       ["image_id", "origin", "model_name", "model_version", "conditioning_patch_id"],
                       {"image_id": s, "origin": s, "model_name": s, "model_version": s, "conditioning_patch_id": s})
-    labels = _lazy(_glob(root, "labels/uncond_labels/*/manifest.parquet"), LABELS,
+    labels = _lazy(_glob(root, layout.label_manifests(LABELS.asset(UNCOND))), LABELS,
                    ["image_id", "model_name", "model_version"], {"image_id": s, "model_name": s, "model_version": s})
-    captions = _lazy(_glob(root, "captions/*/*/captions.parquet"), CAPTIONS, ["caption_id", "image_id"],
+    captions = _lazy(_glob(root, layout.CAPTION_FILES), CAPTIONS, ["caption_id", "image_id"],
                      {"caption_id": s, "image_id": s})
 
     sourced = patches.filter(pl.col("s2_tile").is_not_null() & pl.col("s2_uri").is_not_null()

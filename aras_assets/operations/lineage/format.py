@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aras_assets.operations.lineage.ids import UNCOND
+from aras_assets.layout import UNCOND
 
 
 def format_trace(record: dict[str, Any]) -> str:

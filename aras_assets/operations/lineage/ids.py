@@ -8,9 +8,7 @@ import re
 from dataclasses import dataclass
 
 from aras_assets.ids import parse_patch_id, parse_synthetic_id
-
-CAPTION_MODES = ("text", "vision", "hybrid")
-REAL, UNCOND, COND = "real", "uncond", "cond"
+from aras_assets.layout import CAPTION_MODES, REAL
 
 _CAPTION_RE = re.compile(rf"^(.+)_({'|'.join(CAPTION_MODES)})_(\d+)$")
 _ID_EXAMPLES = "N36E027_012_034 (patch), uncond_0003_00012 or cond_N36E027_00012 (image), <image id>_text_0 (caption)"

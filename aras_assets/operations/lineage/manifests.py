@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 
+from aras_assets import layout
 from aras_assets.generation.manifest import SYNTHETIC_SCHEMA
 from aras_assets.operations.lineage.ids import LineageError
 
@@ -27,23 +28,6 @@ _MAX_LISTED = 5
 # Ids wanted from each partition's manifest: (origin, partition) -> ids.
 Wanted = dict[tuple[str, str], set[str]]
 Rows = dict[str, dict[str, Any]]  # id -> its manifest row
-
-
-# Where each kind of record lives, relative to the data root.
-def patch_manifest(tile: str) -> Path:
-    return Path("patches", tile, "manifest.parquet")
-
-
-def image_manifest(origin: str, partition: str) -> Path:
-    return Path("synthetic", origin, partition, "manifest.parquet")
-
-
-def label_manifest(shard: str) -> Path:
-    return Path("labels", "uncond_labels", shard, "manifest.parquet")
-
-
-def caption_file(origin: str, partition: str) -> Path:
-    return Path("captions", origin, partition, "captions.parquet")
 
 
 def asset_partition(asset: str, partition: str) -> str:
@@ -66,10 +50,18 @@ class Kind:
         return asset_partition(self.asset(origin), partition)
 
 
-CAPTIONS = Kind("caption", "caption_id", CAPTION_COLUMNS, "captions", caption_file)
-IMAGES = Kind("image", "image_id", IMAGE_COLUMNS, "images", image_manifest)
-LABELS = Kind("label", "image_id", LABEL_COLUMNS, "labels", lambda _origin, shard: label_manifest(shard))
-PATCHES = Kind("patch", "patch_id", PATCH_COLUMNS, "patches", lambda _origin, tile: patch_manifest(tile))
+def _label_manifest(origin: str, shard: str) -> Path:
+    return layout.label_manifest(LABELS.asset(origin), shard)  # a labeler asset's folder bears its name
+
+
+def _patch_manifest(_origin: str, tile: str) -> Path:
+    return layout.patch_manifest(tile)
+
+
+CAPTIONS = Kind("caption", "caption_id", CAPTION_COLUMNS, "captions", layout.captions_file)
+IMAGES = Kind("image", "image_id", IMAGE_COLUMNS, "images", layout.synthetic_manifest)
+LABELS = Kind("label", "image_id", LABEL_COLUMNS, "labels", _label_manifest)
+PATCHES = Kind("patch", "patch_id", PATCH_COLUMNS, "patches", _patch_manifest)
 
 
 def raise_problems(problems: list[str]) -> None:

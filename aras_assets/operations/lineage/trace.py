@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aras_assets import layout
 from aras_assets.ids import parse_patch_id
-from aras_assets.operations.lineage.ids import COND, REAL, UNCOND, ImageRef, LineageError, RecordRef, parse_record_id
+from aras_assets.layout import COND, REAL, UNCOND
+from aras_assets.operations.lineage.ids import ImageRef, LineageError, RecordRef, parse_record_id
 from aras_assets.operations.lineage.manifests import (
     CAPTIONS,
     IMAGES,
@@ -188,7 +190,7 @@ def _seg_model_run(root: Path, name: str | None, version: str | None, cache: dic
         return None
     arch = name[len(SEG_MODEL_PREFIX):]
     if arch not in cache:
-        path = root / "models" / "segmentation" / arch / "model.json"
+        path = root / layout.seg_model_dir(arch) / layout.MODEL_RECORD
         try:
             cache[arch] = json.loads(path.read_text()) if path.is_file() else None
         except (OSError, ValueError):
