@@ -29,6 +29,8 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class RecordRef:
+    """What an id names: a caption (with its mode and index), a synthetic image or a real patch."""
+
     record_id: str
     kind: str  # caption | image | patch
     image: ImageRef

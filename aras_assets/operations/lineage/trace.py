@@ -3,8 +3,8 @@ WorldCover tiles, pixel windows, bounds and source URIs.
 
 Every id names the partition that holds its record, so a lookup reads only the manifests of those
 partitions: one lazy, filtered Parquet scan per manifest kind, never a whole manifest in memory.
-trace_many follows the chain one kind at a time (captions, images, labels, patches) and stops at
-the first kind with a problem, naming every id it affects."""
+trace_many follows the chains of all its ids one link at a time (captions, images, labels, patches)
+and stops at the first link with a problem, naming every id it affects."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def _lookup(root: Path, kind: Kind, wanted: Wanted, via: dict[str, str]) -> Rows
 # The steps of trace_many, in chain order.
 
 def _parse_all(ids: Sequence[str]) -> list[RecordRef]:
+    """The record each id names; one LineageError for all malformed ids."""
     problems: list[str] = []
     refs = []
     for value in ids:
@@ -142,6 +143,7 @@ def _source_patches(root: Path, images: Iterable[ImageRef], synthetic: Rows, via
 
 
 def _find_patches(root: Path, patch_ids: Iterable[str], via: dict[str, str]) -> Rows:
+    """Patch rows, from the manifest of the S2 tile each patch id names."""
     wanted: Wanted = defaultdict(set)
     for pid in patch_ids:
         wanted[REAL, parse_patch_id(pid).tile].add(pid)
