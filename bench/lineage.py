@@ -1,4 +1,4 @@
-"""Benchmark: lineage lookups (aras_assets/operations/lineage.py) over manifests at the ARAS400k scale.
+"""Benchmark: lineage lookups (aras_assets/operations/lineage/) over manifests at the ARAS400k scale.
 
 Builds, in the real layouts and sharded as the pipeline shards them:
 - 100,000 real patches over 48 S2 tiles (N36E027..N41E034, about 2,083 per tile, row/col on the 46x46 grid),
