@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from aras_assets.errors import BadInputError
 from aras_assets.ids import parse_patch_id, parse_synthetic_id
 from aras_assets.layout import CAPTION_MODES, REAL
 
@@ -14,7 +15,7 @@ _CAPTION_RE = re.compile(rf"^(.+)_({'|'.join(CAPTION_MODES)})_(\d+)$")
 _ID_EXAMPLES = "N36E027_012_034 (patch), uncond_0003_00012 or cond_N36E027_00012 (image), <image id>_text_0 (caption)"
 
 
-class LineageError(LookupError):
+class LineageError(BadInputError, LookupError):
     """An id that is malformed or not on record, or a manifest that is missing or unreadable."""
 
 
