@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aras_assets.instance import PROJECT_ROOT, ensure_dagster_home
@@ -24,11 +26,11 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
-    from aras_assets.pipeline import run_pipeline
+    from aras_assets.pipeline import StageFailed, run_pipeline
 
     try:
         summary = run_pipeline(profile, _overrides(args.set), quiet=not args.verbose)
-    except (RuntimeError, ValueError) as exc:
+    except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     from resources.tracking import MlflowResource
@@ -105,77 +107,89 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from aras_assets.segmentation.labeler import Labeler, ShardError, label_images, shard_images
-    from aras_assets.segmentation.models import CheckpointError, load_model
-    from aras_assets.segmentation.registry import NoModelError, download_checkpoint, resolve_version
+    from aras_assets import layout
+    from aras_assets.segmentation.labeler import Labeler, label_images, shard_images
+    from aras_assets.segmentation.models import load_model
+    from aras_assets.segmentation.registry import download_checkpoint, resolve_version
     from resources import MlflowResource, TorchDeviceResource
     from resources.storage import write_parquet_atomic
 
     tracking = MlflowResource(tracking_uri=args.tracking_uri or "")
     out = Path(args.out)
-    try:
-        images = shard_images(Path(args.source))
-        ref = resolve_version(tracking.client(), args.model)
-        with tempfile.TemporaryDirectory() as scratch:
-            model, spec, _ = load_model(download_checkpoint(tracking.resolved_tracking_uri, ref, Path(scratch)))
-        bar = tqdm(total=images.height, desc=f"labelling with {ref}", unit="img")
+    images = shard_images(Path(args.source))
+    ref = resolve_version(tracking.client(), args.model)
+    with tempfile.TemporaryDirectory() as scratch:
+        model, spec, _ = load_model(download_checkpoint(tracking.resolved_tracking_uri, ref, Path(scratch)))
+    bar = tqdm(total=images.height, desc=f"labelling with {ref}", unit="img")
 
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.n)
+    def progress(done: int, total: int) -> None:
+        bar.update(done - bar.n)
 
-        rows = label_images(Labeler(model, spec, ref.name, ref.version), images, out / "masks", "masks",
-                            TorchDeviceResource().runtime(inference=True), args.batch_size, progress=progress)
-        bar.close()
-        write_parquet_atomic(rows, out / "manifest.parquet")
-    except (ShardError, NoModelError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{rows.height} masks by {ref} -> {out / 'masks'}; manifest {out / 'manifest.parquet'}")
+    rows = label_images(Labeler(model, spec, ref.name, ref.version), images, out / layout.MASKS, layout.MASKS,
+                        TorchDeviceResource().runtime(inference=True), args.batch_size, progress=progress)
+    bar.close()
+    write_parquet_atomic(rows, out / layout.MANIFEST)
+    print(f"{rows.height} masks by {ref} -> {out / layout.MASKS}; manifest {out / layout.MANIFEST}")
     return 0
+
+
+def writable_output(path: str) -> Path:
+    """An output file the user named: its folder must exist and be writable, checked before any work."""
+    from aras_assets.errors import BadInputError
+
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise BadInputError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
+    if not os.access(out.parent, os.W_OK) or out.is_dir():
+        raise BadInputError(f"--out {out}: cannot write there; choose another path")
+    return out
 
 
 def cmd_regenerate(args: argparse.Namespace) -> int:
     """Rebuild a synthetic image from its manifest row and check it is byte-identical."""
-    from aras_assets.generation.data import GenerationError
     from aras_assets.generation.regenerate import regenerate
     from resources import MlflowResource, StorageResource
+    from resources.storage import atomic_write_bytes
 
+    out = writable_output(args.out) if args.out else None
     tracking = MlflowResource(tracking_uri=args.tracking_uri or "")
-    try:
-        result = regenerate(StorageResource().root_path, tracking.resolved_tracking_uri, args.image_id)
-    except (GenerationError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.out:
-        Path(args.out).write_bytes(result.data)
+    result = regenerate(StorageResource().root_path, tracking.resolved_tracking_uri, args.image_id)
+    if out is not None:
+        atomic_write_bytes(out, result.data)
     verdict = "byte-identical to" if result.identical else "DIFFERENT from"
     print(f"{result.image_id}: sha256 {result.sha256}, {verdict} the recorded image {result.stored_path} "
-          f"(recorded sha256 {result.expected_sha256})" + (f"; written to {args.out}" if args.out else ""))
+          f"(recorded sha256 {result.expected_sha256})" + (f"; written to {out}" if out else ""))
     if not result.identical and result.code_changed:
         print(f"the image was made by generator code {result.recorded_code}; this installation runs "
               f"{result.current_code}, and a byte-identical replay needs the same code")
     return 0 if result.identical else 1
 
 
-def cmd_lineage(args: argparse.Namespace) -> int:
-    """Trace captions, images or patches back to their generator, source patch, tiles and URIs."""
-    import contextlib
-    import json
-
-    from aras_assets.operations.lineage import LineageError, format_trace, trace_many
-    from resources.storage import StorageResource
+def read_ids(args: argparse.Namespace) -> list[str]:
+    from aras_assets.errors import BadInputError
 
     ids = list(args.ids)
     if args.file:
         try:
             text = Path(args.file).read_text()
         except OSError as exc:
-            print(f"error: cannot read id file {args.file}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
+            raise BadInputError(f"cannot read id file {args.file}: {exc.strerror or exc}") from exc
         ids += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not ids:
-        print("error: no ids given (pass ids or --file FILE)", file=sys.stderr)
-        return 1
+        raise BadInputError("no ids given (pass ids or --file FILE)")
+    return ids
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """Trace captions, images or patches back to their generator, source patch, tiles and URIs.
+    Good ids are printed; each bad id gets its own error line (exit 1 if any)."""
+    import contextlib
+    import json
+
+    from aras_assets.operations.lineage import LineageError, format_trace, trace_each
+    from resources.storage import StorageResource
+
+    ids = read_ids(args)
     with contextlib.ExitStack() as stack:
         instance = None
         home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home")
@@ -183,16 +197,17 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             import dagster as dg
 
             instance = stack.enter_context(dg.DagsterInstance.from_config(str(home)))
-        try:
-            records = trace_many(StorageResource().root_path, ids, instance)
-        except LineageError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps(records[0] if len(records) == 1 else records, indent=2))
-    else:
-        print("\n\n".join(format_trace(r) for r in records))
-    return 0
+        results = trace_each(StorageResource().root_path, ids, instance)
+    records = [r for r in results if not isinstance(r, LineageError)]
+    if records:
+        if args.json:
+            print(json.dumps(records[0] if len(ids) == 1 else records, indent=2))
+        else:
+            print("\n\n".join(format_trace(r) for r in records))
+    errors = [r for r in results if isinstance(r, LineageError)]
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -237,29 +252,42 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("--json", action="store_true", help="JSON: one object, or a list for several ids")
     lineage.add_argument("--no-runs", action="store_true", help="skip the Dagster run ids (no instance lookup)")
     regen = sub.add_parser("regenerate", help="rebuild a synthetic image from its seed and check it byte for byte")
-    regen.add_argument("image_id", help="e.g. uncond_0003_00012 or cond_N36E027_00012")
+    regen.add_argument("image_id", help="e.g. uncond_0003_00012 or cond_N38E029_00012")
     regen.add_argument("--out", help="also write the rebuilt PNG here")
     regen.add_argument("--tracking-uri", help="MLflow tracking URI (default: the project's store)")
     ui = sub.add_parser("ui", help="start the Dagster UI on the project's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
 
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return cmd_run(args, "demo")
-    if args.command == "run":
-        return cmd_run(args, args.profile)
-    if args.command == "sample-region":
-        return cmd_sample_region(args)
-    if args.command == "settings":
-        return cmd_settings(args)
-    if args.command == "label":
-        return cmd_label(args)
-    if args.command == "lineage":
-        return cmd_lineage(args)
-    if args.command == "regenerate":
-        return cmd_regenerate(args)
-    return cmd_ui(args)
+    args = parser.parse_args(argv)  # a usage mistake exits 2 here, as argparse does
+    # MLflow's INFO lines (creating its tables ...) are noise beside our own output.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    commands = {"demo": lambda a: cmd_run(a, "demo"), "run": lambda a: cmd_run(a, a.profile),
+                "sample-region": cmd_sample_region, "settings": cmd_settings, "label": cmd_label,
+                "lineage": cmd_lineage, "regenerate": cmd_regenerate, "ui": cmd_ui}
+    return run_command(commands[args.command], args)
+
+
+def run_command(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A user's mistake is one `error:` line and exit 1, never a traceback; a closed pipe
+    (`aras lineage ... | head`) ends quietly. Anything else is a bug and keeps its traceback."""
+    from aras_assets.errors import BadInputError
+
+    try:
+        code = command(args)
+        sys.stdout.flush()
+        return code
+    except BadInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and fail the same way: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -343,3 +343,27 @@ def test_lineage_check_through_dagster(root: Path, tmp_path: Path) -> None:
     assert (meta["captions"], meta["caption_without_image_count"], meta["image_without_model_count"]) == (30, 6, 0)
     assert meta["examples"]["caption_without_image"][0] == "uncond_0000_00001_hybrid_0 (image uncond_0000_00001)"
     assert evaluation.description == "6 caption without image"
+
+
+def test_one_bad_id_among_many_costs_only_itself(root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """Regression: one unknown id in a batch used to print nothing and exit 1."""
+    monkeypatch.setenv("ARAS_DATA_ROOT", str(root))
+    good = ["N36E027_000_001_text_0", "N38E029_002_003", "uncond_0000_00001", "cond_N36E027_00000"]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join([*good[:2], "N36E027_009_009", *good[2:], "not-an-id"]) + "\n")
+    assert main(["lineage", "--file", str(ids), "--json", "--no-runs"]) == 1
+    captured = capsys.readouterr()
+    assert [t["id"] for t in json.loads(captured.out)] == good
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") for e in errors)
+    assert "N36E027_009_009" in errors[0] and "not-an-id" in errors[1]
+
+
+def test_rejected_patch_says_why(root: Path) -> None:
+    """Regression: a patch dropped when its tile was cut was reported as not found."""
+    write([{"patch_id": "N38E029_003_002", "reason": "water"}], {"patch_id": pl.String, "reason": pl.String},
+          root / "patches/N38E029/rejected.parquet")
+    with pytest.raises(LineageError, match=r"patch N38E029_003_002 was left out when tile N38E029 was cut: water"):
+        trace(root, "N38E029_003_002")
+    assert trace(root, "N38E029_002_003")["patch"]["patch_id"] == "N38E029_002_003"

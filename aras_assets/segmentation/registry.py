@@ -172,8 +172,18 @@ def resolve_version(client: Any, reference: str) -> ModelVersionRef:
         else:  # an architecture alone: its newest version
             mv = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
     except Exception as exc:
-        raise NoModelError(f"no registered model version {reference!r} ({exc.__class__.__name__})") from exc
+        raise NoModelError(f"no registered model version {reference!r}; registered: {_registered(client)}") from exc
     return ModelVersionRef(name, str(mv.version), mv.run_id or "", float(mv.tags.get(SELECTION_METRIC, "nan")))
+
+
+def _registered(client: Any) -> str:
+    """The segmentation versions a reference may name, for an error message."""
+    try:
+        refs = segmentation_versions(client)
+    except Exception:  # the message is a hint; the store may be the problem
+        return "(the registry cannot be listed)"
+    shown = ", ".join(f"{r.name.removeprefix(MODEL_PREFIX)}/{r.version}" for r in refs[:12])
+    return (shown + (", ..." if len(refs) > 12 else "")) if refs else "none (materialize segmentation_model first)"
 
 
 def download_checkpoint(tracking_uri: str, ref: ModelVersionRef, folder: Path) -> Path:
