@@ -208,3 +208,33 @@ def test_caption_assets_on_the_sample_region(resources, instance, data_root, tin
     assert 0 <= meta["clipscore"] <= 100 and meta["clip_model"] == TINY
     assert "| real | hybrid |" in meta["clipscore_by_mode"]
     assert direct.shape == (15,) and np.all((direct >= 0) & (direct <= 100))
+
+
+def test_malformed_captions_are_found() -> None:
+    from aras_assets.captions.evaluation import malformed
+
+    texts = pl.Series(["Low shrubs, about 40.8%,, with pasture.", "Forest , and fields.", "Two  spaces.", " ",
+                       "An aerial view of forest (45.12%) and water.", "Cropland, about 8.2%, with grass."])
+    assert malformed(texts).to_list() == [True, True, True, True, False, False]
+
+
+def test_offline_captions_have_no_doubled_commas() -> None:
+    """Regression: '{n}, about {p},' followed by ', with ...' wrote ',,' in about 4% of captions."""
+    import random
+
+    from aras_assets.captions.composition import compute_composition
+    from aras_assets.captions.evaluation import malformed
+    from aras_assets.captions.offline import offline_captions
+
+    rng = np.random.default_rng(0)
+    texts = []
+    for k in range(60):
+        mask = np.zeros((64, 64), dtype=np.uint8)
+        for c in rng.choice(7, size=3, replace=False):
+            y, x = rng.integers(0, 48, size=2)
+            mask[y:y + rng.integers(8, 40), x:x + rng.integers(8, 40)] = c
+        composition = compute_composition(mask)
+        for mode in ("text", "vision", "hybrid"):
+            texts += offline_captions(composition, mode, seed=random.Random(k).randint(0, 10**6), n=5)
+    assert len(texts) > 500
+    assert not malformed(pl.Series(texts)).any(), [t for t in texts if ",," in t][:3]

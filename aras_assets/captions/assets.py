@@ -17,6 +17,7 @@ from aras_assets.captions.evaluation import (
     PAPER_REDUNDANCY,
     PAPER_TABLE2,
     consistency_frame,
+    malformed,
     redundancy_table,
 )
 from aras_assets.captions.prompts import prompt_templates
@@ -171,6 +172,7 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
              for o, m in table.select("origin", "mode").iter_rows()]
     table = table.with_columns(pl.Series("paper_redundancy_pct", paper, dtype=pl.Float64))
     consistency = consistency_frame(captions, compositions)
+    broken = captions.filter(malformed(captions["text"]))
     by_mode = consistency.group_by("origin", "mode").agg(
         pl.len().alias("captions"), pl.col("precision").mean(), pl.col("recall").mean(),
         pl.col("percent_error").mean().alias("mean_percent_error"),
@@ -189,6 +191,9 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
         "redundancy": dg.MetadataValue.md(markdown_table(_rounded(table))),
         "consistency": dg.MetadataValue.md(markdown_table(_rounded(by_mode))),
         "contradicting_captions": contradicting.height,
+        "malformed_captions": broken.height,  # doubled or stray punctuation and spaces
+        "malformed_examples": dg.MetadataValue.md(markdown_table(broken.head(10).select("caption_id", "text").to_dicts())
+                                                  if broken.height else "none"),
         "contradictions": dg.MetadataValue.md(markdown_table(contradicting.head(20).select(
             "caption_id", "text", "contradictions").to_dicts()) if contradicting.height else "none"),
     }

@@ -68,6 +68,14 @@ class Consistency:
     contradictions: tuple[str, ...]
 
 
+MALFORMED = re.compile(r",\s*,|,\s*\.|\s[,.]|\s{2,}|^\s|\s$")  # doubled or stray punctuation, stray spaces
+
+
+def malformed(texts: pl.Series) -> pl.Series:
+    """True where a caption's punctuation or spacing is broken ("shrubs,, with", "land ,", "a  b")."""
+    return texts.str.contains(MALFORMED.pattern) | (texts.str.strip_chars() == "")
+
+
 def mentions(text: str) -> tuple[list[str], list[tuple[str, float]]]:
     """Classes named in a caption, and (class, percent) for percentages right after a class word."""
     named: list[str] = []

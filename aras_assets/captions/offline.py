@@ -8,6 +8,7 @@ Hybrid of both, mirroring what the release's prompts give each model."""
 from __future__ import annotations
 
 import random
+import re
 
 from aras_assets.captions.composition import ClassLayout, Composition
 
@@ -110,7 +111,9 @@ def _join(items: list[str], rng: random.Random) -> str:
 
 
 def _sentence(text: str) -> str:
-    text = text.strip().rstrip(",")
+    # A phrase that ends in a comma ("shrubs, about 40.8%,") followed by a joiner that starts with
+    # one (", with ...") would read ",,": keep one.
+    text = re.sub(r",(\s*,)+", ",", text.strip()).rstrip(",")
     return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
