@@ -108,9 +108,10 @@ def cmd_label(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from aras_assets import layout
+    from aras_assets.mlflow_runs import download_checkpoint
     from aras_assets.segmentation.labeler import Labeler, label_images, shard_images
     from aras_assets.segmentation.models import load_model
-    from aras_assets.segmentation.registry import download_checkpoint, resolve_version
+    from aras_assets.segmentation.registry import resolve_version
     from resources import MlflowResource, TorchDeviceResource
     from resources.storage import write_parquet_atomic
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,15 +17,15 @@ from aras_assets.captions.composition import SHARE_COLUMNS, Composition
 from aras_assets.captions.offline import offline_captions
 from aras_assets.captions.prompts import PromptTemplate
 from aras_assets.errors import BadInputError
+from aras_assets.layout import CAPTION_MODES, CAPTIONS
+from aras_assets.parts import PartsWriter
 from resources.captioner import ChatRequest, SamplingConfig
-from resources.storage import write_parquet_atomic
 
 CAPTION_SCHEMA = {
     "caption_id": pl.String, "image_id": pl.String, "origin": pl.String, "mode": pl.String,
     "caption_index": pl.Int32, "backend": pl.String, "model": pl.String, "prompt_hash": pl.String,
     "seed": pl.Int64, "text": pl.String,
 }
-PARTS = "parts"
 
 
 class CaptionError(BadInputError, ValueError):
@@ -78,13 +78,6 @@ def caption_batch(images: pl.DataFrame, origin: str, job: CaptionJob) -> pl.Data
     return pl.DataFrame(rows, schema=CAPTION_SCHEMA)
 
 
-def done_images(folder: Path) -> set[str]:
-    parts = sorted((folder / PARTS).glob("*.parquet"))
-    if not parts:
-        return set()
-    return set(pl.scan_parquet(parts).select("image_id").unique().collect()["image_id"].to_list())
-
-
 def caption_partition(images: pl.DataFrame, origin: str, job: CaptionJob, folder: Path, batch_size: int = 64,
                       progress: Callable[[int, int], None] | None = None) -> tuple[pl.DataFrame, int]:
     """Caption the images not yet in `folder/parts`, one atomically written part per batch, then
@@ -93,26 +86,16 @@ def caption_partition(images: pl.DataFrame, origin: str, job: CaptionJob, folder
     missing = images.filter(pl.col(SHARE_COLUMNS[0]).is_null())["image_id"].to_list()
     if missing:
         raise CaptionError(f"{len(missing)} images have no composition (e.g. {missing[0]}); materialize the compositions first")
-    done = done_images(folder)
+    parts = PartsWriter(folder, CAPTION_SCHEMA)
+    done = parts.done("image_id")
     todo = images.filter(~pl.col("image_id").is_in(sorted(done)))
     for begin in range(0, todo.height, batch_size):
         batch = todo.slice(begin, batch_size)
-        rows = caption_batch(batch, origin, job)
-        write_parquet_atomic(rows, folder / PARTS / f"part-{uuid.uuid4().hex}.parquet")
+        parts.write(caption_batch(batch, origin, job), f"part-{uuid.uuid4().hex}")
         if progress is not None:
             progress(len(done) + begin + batch.height, images.height)
-    captions = combine_parts(folder, images["image_id"])
-    write_parquet_atomic(captions, folder / "captions.parquet")
+    # an image's captions by mode in the release's order, then by index
+    mode_rank = pl.col("mode").replace_strict({m: k for k, m in enumerate(CAPTION_MODES)}, default=9)
+    captions = parts.combine(images["image_id"], "image_id", folder / CAPTIONS, unique="caption_id",
+                             then_by=[mode_rank, "caption_index"])
     return captions, todo.height
-
-
-def combine_parts(folder: Path, order: Sequence[str] | pl.Series) -> pl.DataFrame:
-    parts = sorted((folder / PARTS).glob("*.parquet"))
-    if not parts:
-        return pl.DataFrame(schema=CAPTION_SCHEMA)
-    rank = pl.DataFrame({"image_id": list(order), "rank": range(len(order))})
-    frame = pl.scan_parquet(parts).unique("caption_id", keep="first").collect()
-    modes = {m: k for k, m in enumerate(("text", "vision", "hybrid"))}
-    return (frame.join(rank, on="image_id", how="inner")
-            .with_columns(pl.col("mode").replace_strict(modes, default=9).alias("mode_rank"))
-            .sort("rank", "mode_rank", "caption_index").drop("rank", "mode_rank"))

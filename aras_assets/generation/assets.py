@@ -5,7 +5,9 @@ Thin wiring only: the science is in the sibling modules."""
 import json
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -40,27 +42,32 @@ from aras_assets.generation.training import (
     COND,
     GENERATOR,
     UNCOND,
+    CondTrainConfig,
+    FitResult,
+    GanTrainConfig,
     SpadeTrainer,
     StyleGanTrainer,
+    Trainer,
     fit,
     load_generator,
     plan_resume,
 )
 from aras_assets.landcover import mask_to_rgb
+from aras_assets.mlflow_runs import (
+    ModelVersionRef,
+    RunOrigin,
+    download_checkpoint,
+    log_image,
+    log_metrics,
+    register_version,
+    tracked_run,
+)
 from aras_assets.partitions import gen_shard_partitions, register_gen_shards, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table, picture_rows
 from aras_assets.segmentation.data import split_records
 from aras_assets.segmentation.labeler_asset import labeler_asset
 from aras_assets.segmentation.models import load_model
-from aras_assets.segmentation.registry import (
-    ModelVersionRef,
-    download_checkpoint,
-    log_and_register,
-    log_image,
-    log_metrics,
-    resolve_version,
-    start_run,
-)
+from aras_assets.segmentation.registry import resolve_version
 from aras_assets.settings import Settings, SettingsResource
 from aras_assets.sources.records import read_training_data, tile_training_patches
 from resources import MlflowResource, StorageResource, TorchDeviceResource
@@ -133,27 +140,52 @@ def sample_uncond(G: torch.nn.Module, count: int, runtime: TorchRuntime, seed: i
     return generate_uncond(G, [seed + k for k in range(count)], 1.0, runtime)
 
 
-def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage: StorageResource,
-              device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-    """Shared body of uncond_gan and cond_gan."""
-    runtime = device.runtime()
-    with step_errors(context, s.retry_window_s):
-        records, data_version = train_records(storage)
-        dataset = GanPatches(storage.root_path, records, s.gan_resolution)
-        if kind == UNCOND:
-            config = uncond_recipe(s)
-            trainer = StyleGanTrainer(style_config(s), config, runtime)
-        else:
-            perceptual = load_vgg_loss(s.cond_vgg_weights).to(runtime.torch_device) if s.cond_vgg_weights else None
-            config = cond_recipe(s, perceptual is not None)
-            trainer = SpadeTrainer(spade_config(s), config, runtime, perceptual)
-        folder = storage.writable_dir(layout.gan_model_dir(kind))
-        resume = plan_resume(folder, trainer, data_version, log=context.log.info)
-        features, encoder_ref = encoder_features(mlflow, s.label_model)
-        fid_records = even_rows(records, s.fid_images)
-        reference = image_stats(storage, fid_records, s.gan_resolution, features, FID_FEATURE_SIZE, runtime.torch_device)
-        fid_masks = np.stack([resized_mask(storage.path(p), s.gan_resolution) for p in fid_records["mask_path"]]) \
-            if kind == COND else None
+@dataclass(frozen=True)
+class GanTraining:
+    """One generator's training, read and checked before its MLflow run starts. `fid` scores a
+    generator against the training patches in the features of `encoder_ref`'s encoder."""
+
+    kind: str
+    records: pl.DataFrame
+    dataset: GanPatches
+    config: GanTrainConfig | CondTrainConfig
+    trainer: Trainer
+    folder: Path
+    resume: dict | None
+    data_version: str
+    encoder_ref: ModelVersionRef
+    fid: Callable[[torch.nn.Module], float]
+    runtime: TorchRuntime
+
+    @property
+    def resume_run_id(self) -> str | None:
+        return self.resume.get("extra", {}).get("mlflow_run_id") if self.resume else None
+
+    def params(self) -> dict[str, Any]:
+        return {**{f"train.{k}": v for k, v in self.config.__dict__.items()},
+                **{f"model.{k}": v for k, v in self.trainer.model_config.to_dict().items()},
+                "train_patches": len(self.dataset), "device": str(self.runtime.torch_device)}
+
+
+def prepare_gan(kind: str, s: Settings, storage: StorageResource, mlflow: MlflowResource, runtime: TorchRuntime,
+                log: Callable[[str], None]) -> GanTraining:
+    """The training patches, trainer and resume point, and the FID reference (raises bad-input errors)."""
+    records, data_version = train_records(storage)
+    dataset = GanPatches(storage.root_path, records, s.gan_resolution)
+    if kind == UNCOND:
+        config = uncond_recipe(s)
+        trainer = StyleGanTrainer(style_config(s), config, runtime)
+    else:
+        perceptual = load_vgg_loss(s.cond_vgg_weights).to(runtime.torch_device) if s.cond_vgg_weights else None
+        config = cond_recipe(s, perceptual is not None)
+        trainer = SpadeTrainer(spade_config(s), config, runtime, perceptual)
+    folder = storage.writable_dir(layout.gan_model_dir(kind))
+    resume = plan_resume(folder, trainer, data_version, log=log)
+    features, encoder_ref = encoder_features(mlflow, s.label_model)
+    fid_records = even_rows(records, s.fid_images)
+    reference = image_stats(storage, fid_records, s.gan_resolution, features, FID_FEATURE_SIZE, runtime.torch_device)
+    fid_masks = np.stack([resized_mask(storage.path(p), s.gan_resolution) for p in fid_records["mask_path"]]) \
+        if kind == COND else None
 
     def fid(G: torch.nn.Module) -> float:
         """FID of the EMA generator (fixed seeds) against the training patches, encoder space."""
@@ -166,54 +198,79 @@ def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage
                        for b in range(0, len(fid_masks), 32))
         return fid_from_stats(reference, feature_stats(batches, features, FID_FEATURE_SIZE, runtime.torch_device))
 
+    return GanTraining(kind, records, dataset, config, trainer, folder, resume, data_version, encoder_ref, fid, runtime)
+
+
+def fit_gan(job: GanTraining, client: Any, run_id: str, log: Callable[[str], None]) -> FitResult:
+    """Train to the recipe's step count (losses go to the run), resuming where the checkpoint left off."""
+    config = job.config
+    return fit(job.trainer, endless_batches(job.dataset, config.batch_size, config.seed), config.steps, job.folder,
+               job.data_version, config.checkpoint_every, config.fid_every, fid=job.fid, resume=job.resume,
+               extra={"mlflow_run_id": run_id}, on_log=lambda step, rec: log_metrics(client, run_id, rec, step),
+               log=log, log_every=max(1, min(50, config.steps // 8)))
+
+
+@dataclass(frozen=True)
+class GanRegistered:
+    ref: ModelVersionRef
+    final_fid: float
+    grid: bytes  # sample figure, PNG
+
+
+def register_generator(job: GanTraining, result: FitResult, client: Any, run_id: str, storage: StorageResource,
+                       resolution: int, tracking_uri: str, origin: RunOrigin) -> GanRegistered:
+    """Samples to the run and the EMA generator as a new version of aras-gan-<kind>."""
+    grid = sample_grid(job.kind, job.trainer.G_ema, job.records, storage, resolution, job.runtime)
+    with tempfile.TemporaryDirectory() as scratch:
+        log_image(client, run_id, grid, f"plots/{job.kind}_samples.png", Path(scratch))
+    final_fid = result.fid[-1][1] if result.fid else float("nan")
+    ref = register_version(tracking_uri, run_id, job.trainer.G_ema, job.folder / GENERATOR, MODEL_NAMES[job.kind],
+                           origin.version_tags(steps=str(job.trainer.step), fid_encoder=f"{final_fid:.4f}"),
+                           requirements=("torch",), score=final_fid)
+    return GanRegistered(ref, final_fid, grid)
+
+
+def gan_metadata(job: GanTraining, result: FitResult, done: GanRegistered, run_id: str, mlflow_ui: str,
+                 resolution: int) -> dict[str, Any]:
+    ref, kind = done.ref, job.kind
+    return {
+        "model_version": str(ref), "model_uri": ref.uri, "mlflow_run_id": run_id, "mlflow_ui": mlflow_ui,
+        "steps": job.trainer.step, "resumed_from_step": result.resumed_from if result.resumed_from is not None else -1,
+        "train_images_per_s": round(result.images_per_s, 2), "resolution": resolution,
+        "fid_encoder": round(done.final_fid, 4), "fid_features": f"segmentation encoder of {job.encoder_ref}",
+        "paper_fid": PAPER_FID[kind],
+        "fid_history": dg.MetadataValue.md(markdown_table([{"step": st, "fid_encoder": round(v, 4)}
+                                                           for st, v in result.fid])),
+        "losses": dg.MetadataValue.md(markdown_table(result.history[-10:])),
+        "checkpoint": dg.MetadataValue.path(str(job.folder / GENERATOR)),
+        "samples": dg.MetadataValue.md(markdown_image(done.grid, "real (top) and synthetic (bottom)" if kind == UNCOND
+                                                      else "mask, synthetic, real")),
+    }
+
+
+def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage: StorageResource,
+              device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    """Shared body of uncond_gan and cond_gan."""
+    runtime = device.runtime()
+    with step_errors(context, s.retry_window_s):
+        job = prepare_gan(kind, s, storage, mlflow, runtime, context.log.info)
     client = mlflow.client()
-    name = MODEL_NAMES[kind]
-    tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
-            "aras.splits_version": data_version, "aras.fid_features": f"encoder of {encoder_ref}"}
-    params = {**{f"train.{k}": v for k, v in config.__dict__.items()},
-              **{f"model.{k}": v for k, v in trainer.model_config.to_dict().items()},
-              "train_patches": len(dataset), "device": str(runtime.torch_device)}
-    run_id = start_run(client, mlflow.experiment_id(), resume.get("extra", {}).get("mlflow_run_id") if resume else None,
-                       f"gan-{kind}", tags, params)
-    context.log.info(f"{kind} GAN: {len(dataset)} training patches at {s.gan_resolution}px; MLflow run {run_id}")
-    try:
+    origin = RunOrigin(context.run_id, context.asset_key.to_user_string(), job.data_version)
+    with tracked_run(client, mlflow.experiment_id(), job.resume_run_id, f"gan-{kind}",
+                     origin.run_tags(fid_features=f"encoder of {job.encoder_ref}"), job.params()) as run_id:
+        context.log.info(f"{kind} GAN: {len(job.dataset)} training patches at {s.gan_resolution}px; MLflow run {run_id}")
         with step_errors(context, s.retry_window_s):
-            result = fit(trainer, endless_batches(dataset, config.batch_size, config.seed), config.steps, folder,
-                         data_version, config.checkpoint_every, config.fid_every, fid=fid, resume=resume,
-                         extra={"mlflow_run_id": run_id}, on_log=lambda step, rec: log_metrics(client, run_id, rec, step),
-                         log=context.log.info, log_every=max(1, min(50, config.steps // 8)))
-        grid = sample_grid(kind, trainer.G_ema, records, storage, s.gan_resolution, runtime)
-        with tempfile.TemporaryDirectory() as scratch:
-            log_image(client, run_id, grid, f"plots/{kind}_samples.png", Path(scratch))
-        final_fid = result.fid[-1][1] if result.fid else float("nan")
-        ref = log_and_register(mlflow.resolved_tracking_uri, run_id, trainer.G_ema, folder / GENERATOR, name,
-                               {"dagster.run_id": context.run_id, "aras.splits_version": data_version,
-                                "aras.steps": str(trainer.step), "aras.fid_encoder": f"{final_fid:.4f}"},
-                               score=final_fid, requirements=("torch",))
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id)
+            result = fit_gan(job, client, run_id, context.log.info)
+        done = register_generator(job, result, client, run_id, storage, s.gan_resolution,
+                                  mlflow.resolved_tracking_uri, origin)
+    ref = done.ref
     record = {"kind": kind, "model_name": ref.name, "model_version": ref.version, "mlflow_run_id": run_id,
-              "steps": trainer.step, "fid_encoder": final_fid, "splits_version": data_version,
-              "model_config": trainer.model_config.to_dict(), "fid_features": f"encoder of {encoder_ref}"}
-    storage.write_bytes(folder / layout.MODEL_RECORD, json.dumps(record, indent=2).encode())
-    context.log.info(f"registered {ref}; FID (segmentation-encoder features) {final_fid:.3f}")
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(str(ref)),
-        metadata={
-            "model_version": str(ref), "model_uri": ref.uri, "mlflow_run_id": run_id, "mlflow_ui": mlflow.ui_command(),
-            "steps": trainer.step, "resumed_from_step": result.resumed_from if result.resumed_from is not None else -1,
-            "train_images_per_s": round(result.images_per_s, 2), "resolution": s.gan_resolution,
-            "fid_encoder": round(final_fid, 4), "fid_features": f"segmentation encoder of {encoder_ref}",
-            "paper_fid": PAPER_FID[kind],
-            "fid_history": dg.MetadataValue.md(markdown_table([{"step": st, "fid_encoder": round(v, 4)}
-                                                               for st, v in result.fid])),
-            "losses": dg.MetadataValue.md(markdown_table(result.history[-10:])),
-            "checkpoint": dg.MetadataValue.path(str(folder / GENERATOR)),
-            "samples": dg.MetadataValue.md(markdown_image(grid, "real (top) and synthetic (bottom)" if kind == UNCOND
-                                                          else "mask, synthetic, real")),
-        })
+              "steps": job.trainer.step, "fid_encoder": done.final_fid, "splits_version": job.data_version,
+              "model_config": job.trainer.model_config.to_dict(), "fid_features": f"encoder of {job.encoder_ref}"}
+    storage.write_bytes(job.folder / layout.MODEL_RECORD, json.dumps(record, indent=2).encode())
+    context.log.info(f"registered {ref}; FID (segmentation-encoder features) {done.final_fid:.3f}")
+    return dg.MaterializeResult(data_version=dg.DataVersion(str(ref)),
+                                metadata=gan_metadata(job, result, done, run_id, mlflow.ui_command(), s.gan_resolution))
 
 
 def sample_grid(kind: str, G: torch.nn.Module, records: pl.DataFrame, storage: StorageResource, size: int,

@@ -24,8 +24,8 @@ from aras_assets.generation.sampling import (
 from aras_assets.generation.training import COND, load_generator
 from aras_assets.ids import parse_synthetic_id
 from aras_assets.layout import MANIFEST
+from aras_assets.mlflow_runs import ModelVersionRef, download_checkpoint
 from aras_assets.segmentation.data import read_mask
-from aras_assets.segmentation.registry import ModelVersionRef, download_checkpoint
 
 
 @dataclass(frozen=True)

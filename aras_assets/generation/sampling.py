@@ -25,9 +25,10 @@ from aras_assets.generation.manifest import SYNTHETIC_SCHEMA
 from aras_assets.generation.spade import SpadeGenerator
 from aras_assets.generation.stylegan import StyleGenerator
 from aras_assets.ids import synthetic_id
-from aras_assets.layout import MANIFEST, PARTS
+from aras_assets.layout import MANIFEST
+from aras_assets.parts import PartsWriter
 from resources.device import TorchRuntime
-from resources.storage import atomic_write_bytes, write_parquet_atomic
+from resources.storage import atomic_write_bytes
 
 PNG_LEVEL = 1  # fixed, not a setting: replaying an image must give the same bytes
 # The modules whose source decides an image's pixels and bytes once its model, seeds, batch,
@@ -135,14 +136,19 @@ class Partition:
     def folder(self) -> Path:
         return self.root / self.relative
 
+    @property
+    def parts(self) -> PartsWriter:
+        return PartsWriter(self.folder, SYNTHETIC_SCHEMA)
+
+
+def part_name(batch_start: int) -> str:
+    """A batch's part is named by its first index, so the part of a stale batch can be removed."""
+    return f"batch-{batch_start:05d}"
+
 
 def read_parts(partition: Partition) -> pl.DataFrame:
-    parts = sorted((partition.folder / PARTS).glob("batch-*.parquet"))
-    if not parts:
-        return pl.DataFrame(schema=SYNTHETIC_SCHEMA)
-    # parts written before a column existed read it as null
-    frame = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
-    return frame.match_to_schema(SYNTHETIC_SCHEMA, missing_columns="insert").unique("image_id", keep="first")
+    """Every image the partition's parts hold, once each."""
+    return partition.parts.read("image_id")
 
 
 def done_parts(partition: Partition, current: dict[str, object]) -> pl.DataFrame:
@@ -152,10 +158,8 @@ def done_parts(partition: Partition, current: dict[str, object]) -> pl.DataFrame
     keep = pl.lit(True)
     for key, value in current.items():
         keep = keep & (pl.col(key) == value)
-    stale = frame.filter(~keep)
-    if stale.height:
-        for begin in stale["batch_start"].unique().to_list():
-            (partition.folder / PARTS / f"batch-{begin:05d}.parquet").unlink(missing_ok=True)
+    for begin in frame.filter(~keep)["batch_start"].unique().to_list():
+        partition.parts.remove(part_name(begin))
     return frame.filter(keep)
 
 
@@ -191,7 +195,7 @@ def generate_partition(plan: pl.DataFrame, render: Renderer, partition: Partitio
         part = rows.with_columns(pl.lit(start, pl.Int32).alias("batch_start"),
                                  pl.lit(rows.height, pl.Int32).alias("batch_size"),
                                  pl.Series("content_sha256", hashes, pl.String)).select(list(SYNTHETIC_SCHEMA))
-        write_parquet_atomic(part, partition.folder / PARTS / f"batch-{start:05d}.parquet")
+        partition.parts.write(part, part_name(start))
         if progress is not None:
             progress(done.height + made, plan.height)
 
@@ -210,9 +214,7 @@ def generate_partition(plan: pl.DataFrame, render: Renderer, partition: Partitio
         finally:
             if pending is not None:  # finished work stays even when a later batch failed
                 finish(*pending)
-    order = plan.select("image_id", pl.int_range(pl.len()).alias("_order"))
-    manifest = read_parts(partition).join(order, on="image_id").sort("_order").drop("_order")
-    write_parquet_atomic(manifest, partition.folder / MANIFEST)
+    manifest = partition.parts.combine(plan["image_id"], "image_id", partition.folder / MANIFEST)
     return manifest, todo.height
 
 

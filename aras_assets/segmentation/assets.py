@@ -4,38 +4,49 @@ labeler asset factory (real_patch_labels is its first use). Thin wiring only."""
 import json
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import numpy as np
 import polars as pl
+import torch
 
 from aras_assets import layout
 from aras_assets.errors import step_errors
 from aras_assets.landcover import CLASS_NAMES
+from aras_assets.mlflow_runs import (
+    ModelVersionRef,
+    NoModelError,
+    RunOrigin,
+    download_checkpoint,
+    log_image,
+    log_metrics,
+    tracked_run,
+)
 from aras_assets.partitions import arch_partitions, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table
 from aras_assets.segmentation.data import PatchDataset, make_loader, read_image, read_mask, split_records
 from aras_assets.segmentation.labeler_asset import labeler_asset
-from aras_assets.segmentation.metrics import SegmentationScores, scores_from_confusion
+from aras_assets.segmentation.metrics import ConfusionMatrix, SegmentationScores, scores_from_confusion
 from aras_assets.segmentation.models import (
     ModelSpec,
     build_model,
     encoder_weights_path,
     load_model,
 )
-from aras_assets.segmentation.registry import (
-    ModelVersionRef,
-    NoModelError,
-    download_checkpoint,
-    log_image,
-    log_metrics,
-    promote_champion,
-    register_model,
-    start_run,
-)
+from aras_assets.segmentation.registry import promote_champion, register_model
 from aras_assets.segmentation.report import confusion_png, prediction_grid, table3_markdown, table4_markdown
-from aras_assets.segmentation.training import TrainConfig, evaluate, plan_resume, predict, train
+from aras_assets.segmentation.training import (
+    ResumeState,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    plan_resume,
+    predict,
+    train,
+)
 from aras_assets.settings import Settings, SettingsResource
 from aras_assets.sources.records import read_tile_manifest, read_training_data
 from resources import MlflowResource, StorageResource, TorchDeviceResource
@@ -69,6 +80,123 @@ def model_record(storage: StorageResource, arch: str) -> dict:
     return json.loads(path.read_text())
 
 
+@dataclass(frozen=True)
+class SegTraining:
+    """One architecture's training, read and checked before its MLflow run starts."""
+
+    arch: str
+    spec: ModelSpec
+    config: TrainConfig
+    train_set: PatchDataset
+    val_set: PatchDataset
+    folder: Path
+    resume: ResumeState | None
+    model: torch.nn.Module
+    data_version: str
+
+    def params(self, s: Settings, device: str) -> dict[str, Any]:
+        return {**{f"train.{k}": v for k, v in self.config.__dict__.items()}, "arch": self.arch,
+                "encoder": self.spec.encoder, "classes": self.spec.classes, "train_patches": len(self.train_set),
+                "val_patches": len(self.val_set), "encoder_weights": s.seg_encoder_weights or "none", "device": device}
+
+
+def prepare_training(storage: StorageResource, s: Settings, arch: str, log: Callable[[str], None]) -> SegTraining:
+    """The architecture's datasets, network and resume point (raises bad-input errors)."""
+    spec = ModelSpec(arch, s.seg_encoders[arch])
+    config = train_config(s)
+    root = storage.root_path
+    manifest, split_table, data_version = read_training_data(storage)
+    train_set = PatchDataset(root, split_records(manifest, split_table, "train"), s.seg_augment, s.seg_seed)
+    val_set = PatchDataset(root, split_records(manifest, split_table, "val"))
+    folder = storage.writable_dir(layout.seg_model_dir(arch))
+    resume = plan_resume(folder, spec, config, data_version, log=log)
+    model = build_model(spec, encoder_weights_path(s.seg_encoder_weights, spec.encoder))
+    return SegTraining(arch, spec, config, train_set, val_set, folder, resume, model, data_version)
+
+
+@dataclass(frozen=True)
+class SegTrained:
+    """A finished training: its result, the best checkpoint's network ready for inference on
+    `runtime`, and that network's validation confusion matrix."""
+
+    result: TrainResult
+    best: torch.nn.Module
+    matrix: ConfusionMatrix
+    runtime: TorchRuntime
+
+    @property
+    def best_f1(self) -> float:
+        return self.result.best_scores["val_f1"]
+
+
+def train_and_validate(job: SegTraining, client: Any, run_id: str, device: TorchDeviceResource,
+                       log: Callable[[str], None]) -> SegTrained:
+    """Train (epoch metrics go to the run), then validate the best checkpoint."""
+
+    def on_epoch(record: dict[str, float], scores: SegmentationScores) -> None:
+        log_metrics(client, run_id, record, step=int(record["epoch"]))
+
+    result = train(job.model, job.spec, job.train_set, job.val_set, job.config, device.runtime(), job.folder,
+                   job.data_version, job.resume, extra={"mlflow_run_id": run_id}, on_epoch=on_epoch, log=log)
+    best, _, _ = load_model(result.best_path, job.spec)
+    eval_runtime = device.runtime(inference=True)
+    best = eval_runtime.prepare(best)
+    matrix, _ = evaluate(best, make_loader(job.val_set, job.config.eval_batch_size), eval_runtime)
+    return SegTrained(result, best, matrix, eval_runtime)
+
+
+@dataclass(frozen=True)
+class SegRegistered:
+    ref: ModelVersionRef
+    champion: ModelVersionRef
+    confusion: bytes  # validation figures, PNG
+    grid: bytes
+
+
+def register_trained(job: SegTraining, trained: SegTrained, client: Any, run_id: str, tracking_uri: str,
+                     origin: RunOrigin) -> SegRegistered:
+    """Validation figures and best scores to the run, the best network as a new registered
+    version, and the champion alias moved to the best version across architectures."""
+    result = trained.result
+    confusion = confusion_png(trained.matrix.counts, f"{job.arch}: validation, epoch {result.best_epoch}")
+    grid = sample_predictions(trained.best, job.val_set, trained.runtime)
+    with tempfile.TemporaryDirectory() as scratch:
+        log_image(client, run_id, confusion, "plots/val_confusion.png", Path(scratch))
+        log_image(client, run_id, grid, "plots/val_predictions.png", Path(scratch))
+    log_metrics(client, run_id, {"best_val_f1": trained.best_f1, "best_epoch": result.best_epoch})
+    ref = register_model(tracking_uri, run_id, trained.best, result.best_path, job.arch, trained.best_f1,
+                         origin.version_tags(encoder=job.spec.encoder, best_epoch=str(result.best_epoch)))
+    return SegRegistered(ref, promote_champion(client), confusion, grid)
+
+
+def model_metadata(job: SegTraining, trained: SegTrained, done: SegRegistered, run_id: str,
+                   mlflow_ui: str) -> dict[str, Any]:
+    result, ref = trained.result, done.ref
+    history = [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()
+                if k in ("epoch", "train_loss", "val_loss", "val_f1", "val_accuracy", "lr")} for h in result.history]
+    return {
+        "model_version": f"{ref.name}/{ref.version}",
+        "model_uri": ref.uri,
+        "mlflow_run_id": run_id,
+        "mlflow_ui": mlflow_ui,
+        "champion": str(done.champion),
+        "val_f1": trained.best_f1,
+        "val_accuracy": result.best_scores["val_accuracy"],
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "resumed_from_epoch": result.resumed_from if result.resumed_from is not None else -1,
+        "train_images_per_s": round(result.train_images_per_s, 2),
+        "checkpoint": dg.MetadataValue.path(str(result.best_path)),
+        "encoder": job.spec.encoder,
+        "parameters": sum(p.numel() for p in trained.best.parameters()),
+        "splits_version": job.data_version,
+        "history": dg.MetadataValue.md(markdown_table(history)),
+        "val_confusion": dg.MetadataValue.md(markdown_image(done.confusion, f"{job.arch} validation confusion")),
+        "val_predictions": dg.MetadataValue.md(markdown_image(done.grid, f"{job.arch} image / truth / prediction")),
+    }
+
+
 @dg.asset(
     group_name="segmentation", code_version="1", kinds={"pytorch", "mlflow"}, partitions_def=arch_partitions,
     pool="gpu",
@@ -82,85 +210,27 @@ def segmentation_model(context: dg.AssetExecutionContext, settings: SettingsReso
     interrupted training from its last checkpoint."""
     arch = context.partition_key
     s = settings.get()
-    spec = ModelSpec(arch, s.seg_encoders[arch])
-    config = train_config(s)
-    root = storage.root_path
     with step_errors(context, s.retry_window_s):
-        manifest, split_table, data_version = read_training_data(storage)
-        train_set = PatchDataset(root, split_records(manifest, split_table, "train"), s.seg_augment, s.seg_seed)
-        val_set = PatchDataset(root, split_records(manifest, split_table, "val"))
-        folder = storage.writable_dir(layout.seg_model_dir(arch))
-        resume = plan_resume(folder, spec, config, data_version, log=context.log.info)
-        model = build_model(spec, encoder_weights_path(s.seg_encoder_weights, spec.encoder))
+        job = prepare_training(storage, s, arch, context.log.info)
     client = mlflow.client()
-    tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
-            "dagster.partition": arch, "aras.splits_version": data_version, "aras.arch": arch,
-            "aras.encoder": spec.encoder}
-    params = {**{f"train.{k}": v for k, v in config.__dict__.items()}, "arch": arch, "encoder": spec.encoder,
-              "classes": spec.classes, "train_patches": len(train_set), "val_patches": len(val_set),
-              "encoder_weights": s.seg_encoder_weights or "none", "device": str(device.torch_device())}
-    run_id = start_run(client, mlflow.experiment_id(), resume.extra.get("mlflow_run_id") if resume else None,
-                       f"segmentation-{arch}", tags, params)
-    context.log.info(f"{arch} ({spec.encoder}): {len(train_set)} train / {len(val_set)} val patches; MLflow run {run_id}")
-    runtime = device.runtime()
-
-    def on_epoch(record: dict[str, float], scores: SegmentationScores) -> None:
-        log_metrics(client, run_id, record, step=int(record["epoch"]))
-
-    try:
+    origin = RunOrigin(context.run_id, context.asset_key.to_user_string(), job.data_version, partition=arch)
+    resume_run_id = job.resume.extra.get("mlflow_run_id") if job.resume else None
+    with tracked_run(client, mlflow.experiment_id(), resume_run_id, f"segmentation-{arch}",
+                     origin.run_tags(arch=arch, encoder=job.spec.encoder),
+                     job.params(s, str(device.torch_device()))) as run_id:
+        context.log.info(f"{arch} ({job.spec.encoder}): {len(job.train_set)} train / {len(job.val_set)} val patches; "
+                         f"MLflow run {run_id}")
         with step_errors(context, s.retry_window_s):
-            result = train(model, spec, train_set, val_set, config, runtime, folder, data_version, resume,
-                           extra={"mlflow_run_id": run_id}, on_epoch=on_epoch, log=context.log.info)
-            best, _, _ = load_model(result.best_path, spec)
-            eval_runtime = device.runtime(inference=True)
-            best = eval_runtime.prepare(best)
-            matrix, _ = evaluate(best, make_loader(val_set, config.eval_batch_size), eval_runtime)
-        with tempfile.TemporaryDirectory() as scratch:
-            confusion = confusion_png(matrix.counts, f"{arch}: validation, epoch {result.best_epoch}")
-            grid = sample_predictions(best, val_set, eval_runtime)
-            log_image(client, run_id, confusion, "plots/val_confusion.png", Path(scratch))
-            log_image(client, run_id, grid, "plots/val_predictions.png", Path(scratch))
-        best_f1 = result.best_scores["val_f1"]
-        log_metrics(client, run_id, {"best_val_f1": best_f1, "best_epoch": result.best_epoch})
-        ref = register_model(mlflow.resolved_tracking_uri, run_id, best, result.best_path, arch, best_f1,
-                             {"dagster.run_id": context.run_id, "aras.splits_version": data_version,
-                              "aras.encoder": spec.encoder, "aras.best_epoch": str(result.best_epoch)})
-        champion = promote_champion(client)
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    client.set_terminated(run_id)
-    record = {"arch": arch, "encoder": spec.encoder, "model_name": ref.name, "model_version": ref.version,
-              "mlflow_run_id": run_id, "best_epoch": result.best_epoch, "val_f1": best_f1,
-              "splits_version": data_version, "epochs_run": len(result.history), "resumed_from": result.resumed_from}
-    storage.write_bytes(folder / layout.MODEL_RECORD, json.dumps(record, indent=2).encode())
-    context.log.info(f"registered {ref} (val macro F1 {best_f1:.4f}); champion is {champion}")
-    history = [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()
-                if k in ("epoch", "train_loss", "val_loss", "val_f1", "val_accuracy", "lr")} for h in result.history]
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(f"{ref.name}/{ref.version}"),
-        metadata={
-            "model_version": f"{ref.name}/{ref.version}",
-            "model_uri": ref.uri,
-            "mlflow_run_id": run_id,
-            "mlflow_ui": mlflow.ui_command(),
-            "champion": str(champion),
-            "val_f1": best_f1,
-            "val_accuracy": result.best_scores["val_accuracy"],
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early,
-            "resumed_from_epoch": result.resumed_from if result.resumed_from is not None else -1,
-            "train_images_per_s": round(result.train_images_per_s, 2),
-            "checkpoint": dg.MetadataValue.path(str(result.best_path)),
-            "encoder": spec.encoder,
-            "parameters": sum(p.numel() for p in best.parameters()),
-            "splits_version": data_version,
-            "history": dg.MetadataValue.md(markdown_table(history)),
-            "val_confusion": dg.MetadataValue.md(markdown_image(confusion, f"{arch} validation confusion")),
-            "val_predictions": dg.MetadataValue.md(markdown_image(grid, f"{arch} image / truth / prediction")),
-        },
-    )
+            trained = train_and_validate(job, client, run_id, device, context.log.info)
+        done = register_trained(job, trained, client, run_id, mlflow.resolved_tracking_uri, origin)
+    result, ref = trained.result, done.ref
+    record = {"arch": arch, "encoder": job.spec.encoder, "model_name": ref.name, "model_version": ref.version,
+              "mlflow_run_id": run_id, "best_epoch": result.best_epoch, "val_f1": trained.best_f1,
+              "splits_version": job.data_version, "epochs_run": len(result.history), "resumed_from": result.resumed_from}
+    storage.write_bytes(job.folder / layout.MODEL_RECORD, json.dumps(record, indent=2).encode())
+    context.log.info(f"registered {ref} (val macro F1 {trained.best_f1:.4f}); champion is {done.champion}")
+    return dg.MaterializeResult(data_version=dg.DataVersion(f"{ref.name}/{ref.version}"),
+                                metadata=model_metadata(job, trained, done, run_id, mlflow.ui_command()))
 
 
 def evaluated_results(storage: StorageResource) -> dict[str, SegmentationScores]:

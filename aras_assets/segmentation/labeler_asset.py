@@ -11,9 +11,10 @@ import polars as pl
 from aras_assets import layout
 from aras_assets.errors import step_errors
 from aras_assets.landcover import CLASS_NAMES
+from aras_assets.mlflow_runs import download_checkpoint
 from aras_assets.segmentation.labeler import Labeler, label_images
 from aras_assets.segmentation.models import load_model
-from aras_assets.segmentation.registry import download_checkpoint, resolve_version
+from aras_assets.segmentation.registry import resolve_version
 from aras_assets.settings import SettingsResource
 from resources import MlflowResource, StorageResource, TorchDeviceResource
 from resources.storage import staged_directory
