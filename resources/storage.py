@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -26,16 +27,57 @@ class StorageError(BadInputError, OSError):
     """The dataset root cannot be used (missing permissions, not a folder)."""
 
 
+def contained(root: Path, relative: str | Path, what: str = "") -> Path:
+    """`relative` (a manifest path, an id made a file name, a setting) resolved under `root`; a path
+    that leaves it (`..`, an absolute path, a link pointing out) is a bad input naming `what`,
+    so no manifest row can make a stage read or write elsewhere on the machine."""
+    base = Path(root).resolve()
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base):
+        raise BadInputError(f"{what + ': ' if what else ''}path {str(relative)!r} leaves {base}; "
+                            "paths in manifests and ids must stay under it")
+    return target
+
+
+def read_parquet_checked(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """A Parquet file, with a corrupt or truncated one (or one lacking `columns`) a bad input
+    naming the file rather than a raw polars error."""
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise BadInputError(f"{path} cannot be read as Parquet ({_first_line(exc)}); "
+                            "re-materialize the asset that writes it") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+
+
+@contextlib.contextmanager
+def disk_errors(folder: Path) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing under `folder` into one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageError(f"no space left writing under {folder}; free space and re-run "
+                               "(the previous version is intact)") from exc
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so readers see the old content or the new, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with disk_errors(path.parent):
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -44,8 +86,9 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        frame.write_parquet(tmp, compression="zstd", statistics=True)
-        os.replace(tmp, path)
+        with disk_errors(path.parent):
+            frame.write_parquet(tmp, compression="zstd", statistics=True)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -92,6 +135,10 @@ class StorageResource(dg.ConfigurableResource):
 
     def path(self, *parts: str | Path) -> Path:
         return self.root_path.joinpath(*parts)
+
+    def inside(self, relative: str | Path, what: str = "") -> Path:
+        """A path from a manifest row or id, resolved and checked to stay under the root."""
+        return contained(self.root_path, relative, what)
 
     def resolve(self, location: str) -> Path:
         """A path from config: absolute as given, relative ones under the dataset root."""

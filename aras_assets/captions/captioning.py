@@ -17,6 +17,7 @@ from aras_assets.captions.composition import SHARE_COLUMNS, Composition
 from aras_assets.captions.offline import offline_captions
 from aras_assets.captions.prompts import PromptTemplate
 from aras_assets.errors import BadInputError
+from aras_assets.segmentation.data import verified_image_bytes
 from resources.captioner import ChatRequest, SamplingConfig
 from resources.storage import write_parquet_atomic
 
@@ -66,7 +67,7 @@ def caption_batch(images: pl.DataFrame, origin: str, job: CaptionJob) -> pl.Data
                      for r, s in zip(images.iter_rows(named=True), seeds, strict=True)]
         else:
             requests = [ChatRequest(template.render([r[c] for c in SHARE_COLUMNS]), template.system,
-                                    Path(r["image_path"]).read_bytes() if template.uses_image else None)
+                                    verified_image_bytes(Path(r["image_path"])) if template.uses_image else None)
                         for r in images.iter_rows(named=True)]
             texts = job.client.caption(requests, job.sampling, seeds)
         for image_id, seed, captions in zip(images["image_id"], seeds, texts, strict=True):

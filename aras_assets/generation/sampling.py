@@ -27,7 +27,7 @@ from aras_assets.generation.stylegan import StyleGenerator
 from aras_assets.ids import synthetic_id
 from aras_assets.layout import MANIFEST, PARTS
 from resources.device import TorchRuntime
-from resources.storage import atomic_write_bytes, write_parquet_atomic
+from resources.storage import atomic_write_bytes, read_parquet_checked, write_parquet_atomic
 
 PNG_LEVEL = 1  # fixed, not a setting: replaying an image must give the same bytes
 # The modules whose source decides an image's pixels and bytes once its model, seeds, batch,
@@ -141,7 +141,7 @@ def read_parts(partition: Partition) -> pl.DataFrame:
     if not parts:
         return pl.DataFrame(schema=SYNTHETIC_SCHEMA)
     # parts written before a column existed read it as null
-    frame = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+    frame = pl.concat([read_parquet_checked(p) for p in parts], how="diagonal_relaxed")
     return frame.match_to_schema(SYNTHETIC_SCHEMA, missing_columns="insert").unique("image_id", keep="first")
 
 

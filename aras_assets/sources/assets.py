@@ -15,7 +15,7 @@ from aras_assets.sources.checks import check_patches, check_splits
 from aras_assets.sources.patches import CLASS_COUNT_COLUMNS, PatchOptions, TileSource, extract_tile
 from aras_assets.sources.records import catalog_entry, read_catalog, read_manifests
 from aras_assets.sources.splits import SPLITS, assign_splits, splits_version
-from resources.storage import StorageResource, staged_directory
+from resources.storage import StorageResource, read_parquet_checked, staged_directory
 
 
 @dg.asset(group_name="catalog", code_version="1", kinds={"parquet"})
@@ -95,7 +95,8 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
         {name: round(manifest[c].sum() / total_px, 4) for name, c in zip(CLASS_NAMES, CLASS_COUNT_COLUMNS, strict=True)})
     if manifest.height:
         sample = manifest.sample(n=min(8, manifest.height), seed=0).sort("patch_id")
-        pairs = [(storage.path(r["image_path"]), storage.path(r["mask_path"])) for r in sample.iter_rows(named=True)]
+        pairs = [(storage.inside(r["image_path"], r["patch_id"]), storage.inside(r["mask_path"], r["patch_id"]))
+                 for r in sample.iter_rows(named=True)]
         metadata["preview"] = dg.MetadataValue.md(markdown_image(pair_grid(pairs, thumb=64), f"{tile} patches"))
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
@@ -115,7 +116,7 @@ def splits(context: dg.AssetExecutionContext, settings: SettingsResource,
         out = storage.path(layout.SPLITS)
         storage.writable_dir(out.parent)
         storage.write_parquet(table, out)
-    written = pl.read_parquet(out)
+    written = read_parquet_checked(out)
     problems = check_splits(written, patches["patch_id"], s.split_fractions)
     counts = {name: written.filter(pl.col("split") == name).height for name in SPLITS}
     context.log.info(f"splits: {counts} over {written['block_id'].n_unique()} blocks ({s.split_method})")
