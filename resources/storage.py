@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -93,24 +95,83 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE). False where
+    the system or file system cannot; the caller then falls back to two renames."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(stage: Path, final: Path) -> None:
+    """Put `stage` at `final`: readers, and a kill at any point, see the old folder or the new."""
+    if not final.exists():
+        os.replace(stage, final)
+    elif exchange_paths(stage, final):
+        shutil.rmtree(stage, ignore_errors=True)  # now the old folder
+    else:  # no atomic exchange here: two renames, the old one kept until the new is in place
+        old = final.with_name(f".{final.name}.{uuid.uuid4().hex}.old")
+        os.replace(final, old)
+        os.replace(stage, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(folder: Path, name: str) -> list[Path]:
+    """Staging folders, old folders and temporary files of `name` in `folder` that dead runs left
+    (call under the partition's lock, so no live run owns them)."""
+    gone: list[Path] = []
+    for pattern in (f".{name}.*.staging", f".{name}.*.old", f".{name}.*.tmp"):
+        for path in folder.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            gone.append(path)
+    return gone
+
+
+@contextlib.contextmanager
+def partition_lock(final: Path) -> Iterator[None]:
+    """An exclusive lock on one output (a lock file beside it); a second run of the same partition
+    fails at once with a message instead of interleaving writes. The lock dies with its process."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.with_name(f".{final.name}.lock")
+    with open(lock, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StorageError(f"another run is writing {final}; wait for it to finish, then re-run") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
-    """Build a folder in a staging place, then swap it in for `final` in one rename.
+    """Build a folder in a staging place, then swap it in for `final` in one atomic step, holding
+    the partition's lock throughout; what killed runs left behind is removed first.
 
     If the body raises, the staging folder is removed and `final` is untouched."""
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not final.is_dir():
         raise StorageError(f"output folder {final} exists and is not a folder; move it away and re-run")
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
-    try:
-        yield stage
-        old = final.with_name(f".{final.name}.{uuid.uuid4().hex}.old")
-        if final.exists():
-            os.replace(final, old)
-        os.replace(stage, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with partition_lock(final):
+        remove_leftovers(final.parent, final.name)
+        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+        try:
+            yield stage
+            with disk_errors(final.parent):
+                _swap_in(stage, final)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def check_writable(folder: Path) -> None:

@@ -12,10 +12,10 @@ from aras_assets.previews import markdown_image, markdown_table, pair_grid
 from aras_assets.settings import SettingsResource
 from aras_assets.sources.catalog import build_catalog
 from aras_assets.sources.checks import check_patches, check_splits
-from aras_assets.sources.patches import CLASS_COUNT_COLUMNS, PatchOptions, TileSource, extract_tile
+from aras_assets.sources.patches import CLASS_COUNT_COLUMNS, PatchOptions, TileSource, materialize_tile
 from aras_assets.sources.records import catalog_entry, read_catalog, read_manifests
 from aras_assets.sources.splits import SPLITS, assign_splits, splits_version
-from resources.storage import StorageResource, read_parquet_checked, staged_directory
+from resources.storage import StorageResource, read_parquet_checked
 
 
 @dg.asset(group_name="catalog", code_version="1", kinds={"parquet"})
@@ -75,10 +75,7 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
     with step_errors(context, s.retry_window_s):
         final = storage.path(layout.patches_dir(tile))
         storage.writable_dir(final.parent)
-        with staged_directory(final) as stage:
-            result = extract_tile(source, opts, stage, layout.patches_dir(tile).as_posix(), progress)
-            storage.write_parquet(result.manifest, stage / layout.MANIFEST)
-            storage.write_parquet(result.rejected, stage / layout.REJECTED)
+        result = materialize_tile(source, opts, final, layout.patches_dir(tile).as_posix(), progress)
     manifest = result.manifest
     problems = check_patches(storage.root_path, manifest, s.water_max_share)
     checks = [dg.AssetCheckResult(check_name=name, passed=not problems[name],
