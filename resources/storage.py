@@ -155,6 +155,16 @@ def partition_lock(final: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def resumable_folder(folder: Path) -> Iterator[Path]:
+    """A resumable partition's folder (parts kept across runs), under the partition's lock, with
+    the temporary files that killed runs left inside it removed first."""
+    with partition_lock(folder):
+        for tmp in folder.rglob(".*.tmp") if folder.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+        yield folder
+
+
+@contextlib.contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
     """Build a folder in a staging place, then swap it in for `final` in one atomic step, holding
     the partition's lock throughout; what killed runs left behind is removed first.

@@ -19,7 +19,7 @@ from polars.testing import assert_frame_equal
 from aras_assets import layout
 from aras_assets.landcover import label_lut
 from aras_assets.sources.patches import PatchOptions, materialize_tile
-from resources.storage import StorageError, partition_lock, staged_directory
+from resources.storage import StorageError, partition_lock, resumable_folder, staged_directory
 from tests.test_bad_inputs import source_of, write_region
 
 TILE = "N38E028"  # 1024 x 512 px: two read strips, 8 patches
@@ -121,3 +121,16 @@ def test_leftovers_of_dead_runs_are_removed(tmp_path: Path) -> None:
     with staged_directory(final) as stage:
         (stage / "a").write_text("1")
     assert sorted(p.name for p in final.parent.iterdir()) == sorted([TILE, f".{TILE}.lock", other.name])
+
+
+def test_resumable_partitions_lock_and_drop_dead_temporary_files(tmp_path: Path) -> None:
+    folder = tmp_path / "synthetic" / "uncond" / "0000"
+    (folder / "parts").mkdir(parents=True)
+    (folder / "parts" / "batch-00000.parquet").write_bytes(b"kept")
+    (folder / "parts" / ".batch-00016.parquet.0a1b.tmp").write_bytes(b"half")
+    (folder / "images").mkdir()
+    (folder / "images" / ".uncond_0000_00003.png.0a1b.tmp").write_bytes(b"half")
+    with resumable_folder(folder):
+        with pytest.raises(StorageError, match="another run is writing"), resumable_folder(folder):
+            pass
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == ["parts/batch-00000.parquet"]

@@ -19,7 +19,7 @@ from aras_assets.captions.prompts import PromptTemplate
 from aras_assets.errors import BadInputError
 from aras_assets.segmentation.data import verified_image_bytes
 from resources.captioner import ChatRequest, SamplingConfig
-from resources.storage import write_parquet_atomic
+from resources.storage import resumable_folder, write_parquet_atomic
 
 CAPTION_SCHEMA = {
     "caption_id": pl.String, "image_id": pl.String, "origin": pl.String, "mode": pl.String,
@@ -94,16 +94,17 @@ def caption_partition(images: pl.DataFrame, origin: str, job: CaptionJob, folder
     missing = images.filter(pl.col(SHARE_COLUMNS[0]).is_null())["image_id"].to_list()
     if missing:
         raise CaptionError(f"{len(missing)} images have no composition (e.g. {missing[0]}); materialize the compositions first")
-    done = done_images(folder)
-    todo = images.filter(~pl.col("image_id").is_in(sorted(done)))
-    for begin in range(0, todo.height, batch_size):
-        batch = todo.slice(begin, batch_size)
-        rows = caption_batch(batch, origin, job)
-        write_parquet_atomic(rows, folder / PARTS / f"part-{uuid.uuid4().hex}.parquet")
-        if progress is not None:
-            progress(len(done) + begin + batch.height, images.height)
-    captions = combine_parts(folder, images["image_id"])
-    write_parquet_atomic(captions, folder / "captions.parquet")
+    with resumable_folder(folder):  # one writer per partition; dead runs' temporary files go
+        done = done_images(folder)
+        todo = images.filter(~pl.col("image_id").is_in(sorted(done)))
+        for begin in range(0, todo.height, batch_size):
+            batch = todo.slice(begin, batch_size)
+            rows = caption_batch(batch, origin, job)
+            write_parquet_atomic(rows, folder / PARTS / f"part-{uuid.uuid4().hex}.parquet")
+            if progress is not None:
+                progress(len(done) + begin + batch.height, images.height)
+        captions = combine_parts(folder, images["image_id"])
+        write_parquet_atomic(captions, folder / "captions.parquet")
     return captions, todo.height
 
 
