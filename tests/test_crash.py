@@ -17,9 +17,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from aras_assets import layout
+from aras_assets.captions.captioning import caption_partition
 from aras_assets.landcover import label_lut
 from aras_assets.sources.patches import PatchOptions, materialize_tile
 from resources.storage import StorageError, partition_lock, resumable_folder, staged_directory
+from tests.caption_fixtures import caption_images, slow_job
 from tests.test_bad_inputs import source_of, write_region
 
 TILE = "N38E028"  # 1024 x 512 px: two read strips, 8 patches
@@ -134,3 +136,41 @@ def test_resumable_partitions_lock_and_drop_dead_temporary_files(tmp_path: Path)
         with pytest.raises(StorageError, match="another run is writing"), resumable_folder(folder):
             pass
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == ["parts/batch-00000.parquet"]
+
+
+CAPTION_WORKER = """
+import sys, time
+from pathlib import Path
+from tests.caption_fixtures import caption_images, slow_job
+from aras_assets.captions.captioning import caption_partition
+print("ready", flush=True)
+caption_partition(caption_images(), "real", slow_job(), Path(sys.argv[1]), batch_size=4)
+print("done", flush=True)
+"""
+
+
+def test_captioning_survives_kills(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    clean, _ = caption_partition(caption_images(), "real", slow_job(), tmp_path / "clean", batch_size=4)
+    duration = time.perf_counter() - started
+    folder = tmp_path / "data" / "captions" / "real" / "t"
+    rng = np.random.default_rng(11)
+    kills, attempts = 0, 0
+    while kills < KILLS and attempts < 4 * KILLS:
+        attempts += 1
+        proc = subprocess.Popen([sys.executable, "-c", CAPTION_WORKER, str(folder)], cwd=PROJECT, stdout=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.0, 1.2 * duration)))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kills += proc.returncode == -signal.SIGKILL
+        if (folder / layout.CAPTIONS).exists():  # never a half-written table
+            assert_frame_equal(pl.read_parquet(folder / layout.CAPTIONS), clean)
+    assert kills >= KILLS, f"only {kills} of {attempts} runs were killed before they finished"
+    captions, _ = caption_partition(caption_images(), "real", slow_job(), folder, batch_size=4)
+    assert_frame_equal(captions, clean)
+    assert captions["caption_id"].is_unique().all()
+    assert not [p for p in folder.rglob(".*.tmp")]
+    print(f"captions: {kills} kills in {attempts} runs; a clean run takes {duration:.2f} s")
