@@ -139,18 +139,27 @@ def remove_leftovers(folder: Path, name: str) -> list[Path]:
 
 @contextlib.contextmanager
 def partition_lock(final: Path) -> Iterator[None]:
-    """An exclusive lock on one output (a lock file beside it); a second run of the same partition
-    fails at once with a message instead of interleaving writes. The lock dies with its process."""
+    """An exclusive lock on one output (a lock file beside it, removed on release); a second run of
+    the same partition fails at once with a message instead of interleaving writes. The lock dies
+    with its process; a killed run's lock file is taken over by the next run."""
     final.parent.mkdir(parents=True, exist_ok=True)
     lock = final.with_name(f".{final.name}.lock")
+    busy = f"another run is writing {final}; wait for it to finish, then re-run"
     with open(lock, "a+b") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise StorageError(f"another run is writing {final}; wait for it to finish, then re-run") from exc
+            raise StorageError(busy) from exc
+        owned = False
         try:
+            # the file we locked may have been released and removed meanwhile: only the one at the path counts
+            if not lock.exists() or os.stat(lock).st_ino != os.fstat(fh.fileno()).st_ino:
+                raise StorageError(busy)
+            owned = True
             yield
         finally:
+            if owned:
+                lock.unlink(missing_ok=True)
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
