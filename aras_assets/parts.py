@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from aras_assets.layout import PARTS
-from resources.storage import write_parquet_atomic
+from resources.storage import read_parquet_checked, write_parquet_atomic
 
 ORDER = "_parts_order"  # a scratch column while combining; no schema has it
 
@@ -40,7 +40,7 @@ class PartsWriter:
         files = self.files()
         if not files:
             return pl.DataFrame(schema=self.schema)
-        frame = pl.concat([pl.read_parquet(p) for p in files], how="diagonal_relaxed")
+        frame = pl.concat([read_parquet_checked(p) for p in files], how="diagonal_relaxed")
         frame = frame.match_to_schema(self.schema, missing_columns="insert")
         return frame.unique(unique, keep="first") if unique else frame
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from aras_assets import layout
 from aras_assets.instance import ensure_dagster_home
 from aras_assets.partitions import ARCH_PARTITIONS, GEN_SHARD_PARTITIONS, S2_TILE_PARTITIONS, gen_shard_keys, register_gen_shards
+from aras_assets.runs import RUNNER_TAG, clean_dead_runs, fail_own_runs, runner_id, stop_on_signals
 from aras_assets.settings import Settings, load_settings
 from aras_assets.sources.sample_region import SAMPLE_TILES, write_sample_region
 from resources.storage import StorageResource
@@ -70,9 +71,12 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
         write_sample_region(folder, settings.sample_seed, settings.sample_tile_px, SAMPLE_TILES, progress=say)
 
     import definitions  # the same Definitions `dagster dev` serves
-    from aras_assets.graph import ASSETS, STAGE_JOBS, upstream
+    from aras_assets.graph import ASSETS, upstream
 
     instance = dg.DagsterInstance.get()
+    cleaned = clean_dead_runs(instance)
+    if cleaned:
+        say(f"marked {len(cleaned)} runs failed whose aras process is gone: {', '.join(cleaned)}")
     summary = PipelineSummary(str(home), str(storage.root_path))
     config = _run_config(settings.profile, overrides, quiet)
     register_gen_shards(instance, settings.gen_shards)  # shards of this run's settings, before any shard stage
@@ -81,11 +85,30 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
 
     def execute(job: str, partition_key: str | None) -> str:
         result = definitions.defs.resolve_job_def(job).execute_in_process(
-            instance=instance, run_config=config, partition_key=partition_key, raise_on_error=False)
+            instance=instance, run_config=config, partition_key=partition_key, raise_on_error=False,
+            tags={RUNNER_TAG: runner_id()})
+        if received:
+            raise KeyboardInterrupt
         if not result.success:
             where = f" [{partition_key}]" if partition_key else ""
             raise StageFailed(f"{job}{where} failed (run {result.run_id}): {_failure_message(result)}")
         return result.run_id
+
+    with stop_on_signals() as received:
+        try:
+            _run_stages(execute, say, settings, summary, instance, storage, deps, skipped_keys)
+        except KeyboardInterrupt:
+            why = f"interrupted by {received[0] if received else 'SIGINT'}"
+            failed = fail_own_runs(instance, why)  # whatever Dagster did not record as ended
+            raise StageFailed(f"aras run {why}; its run is marked failed{': ' + ', '.join(failed) if failed else ''}") \
+                from None
+    return summary
+
+
+def _run_stages(execute: Callable[[str, str | None], str], say: Callable[[str], None], settings: Settings,
+                summary: PipelineSummary, instance: dg.DagsterInstance, storage: StorageResource,
+                deps: Mapping[dg.AssetKey, set[dg.AssetKey]], skipped_keys: set[dg.AssetKey]) -> None:
+    from aras_assets.graph import STAGE_JOBS
 
     for job, (stage, _) in STAGE_JOBS.items():
         blocked = sorted({d.to_user_string() for k in stage.keys for d in deps[k] if d in skipped_keys})
@@ -104,7 +127,6 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
                 summary.run_ids[f"{job}[{key}]"] = execute(job, key)
         if dg.AssetKey("tile_catalog") in stage.keys:
             summary.tiles = _catalogued_tiles(instance, storage)
-    return summary
 
 
 def _catalogued_tiles(instance: dg.DagsterInstance, storage: StorageResource) -> list[str]:

@@ -354,16 +354,19 @@ class VllmEngine:
         ]
 
 
+API_KEY_ENV = "ARAS_CAPTIONER_API_KEY"  # fixed: the only variable the captioner's key is read from
+
+
 class CaptionerResource(dg.ConfigurableResource):
     """Which captioner the caption stage uses: `offline` (no model, the stage's own captioner), an
-    OpenAI-compatible `openai` endpoint, or in-process `vllm`. The API key is read from the
-    environment variable `api_key_env` so it never lands in run config. `client()` builds a new
+    OpenAI-compatible `openai` endpoint, or in-process `vllm`. The API key is read from the one
+    environment variable ARAS_CAPTIONER_API_KEY, never from run config: a variable name settable
+    in the launchpad could send any secret of the code server's environment to any endpoint. `client()` builds a new
     backend each call (for vllm, a new model load on first use): call it once per run."""
 
     backend: Literal["offline", "openai", "vllm"] = "offline"
     endpoint: str = ""
     model: str = ""
-    api_key_env: str = "ARAS_CAPTIONER_API_KEY"
     timeout_s: float = 60.0
     retries: int = 3
     concurrency: int = 8
@@ -382,7 +385,7 @@ class CaptionerResource(dg.ConfigurableResource):
                     f"captioner backend 'openai' needs {' and '.join(missing)} "
                     "(e.g. endpoint='http://127.0.0.1:8000/v1' and the served model name)"
                 )
-            api_key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+            api_key = os.environ.get(API_KEY_ENV, "")
             return OpenAICompatibleClient(
                 self.endpoint,
                 self.model,

@@ -17,6 +17,7 @@ from aras_assets.captions.offline import offline_captions
 from aras_assets.captions.prompts import RELEASE_PROMPTS, PromptTemplateError, class_info, prompt_templates
 from resources.captioner import CaptionBackendError, SamplingConfig
 from resources.clip import ClipResource
+from tests.caption_fixtures import composition_rows
 from tests.test_clipscore import TINY, tiny_weights  # noqa: F401 (a fixture)
 
 TREE, SHRUB, GRASS, CROP, BUILT, BARREN, WATER = range(7)
@@ -107,17 +108,6 @@ def test_redundancy_known_answers() -> None:
     assert text["redundancy_pct"] == 0.0 and text["redundancy_norm_pct"] == 50.0
     overall = table.filter(pl.col("origin") == "all").row(0, named=True)
     assert overall["captions"] == 4 and overall["redundancy_norm_pct"] == 25.0
-
-
-def composition_rows(count: int) -> pl.DataFrame:
-    rows = []
-    for i in range(count):
-        mask = np.full((32, 32), i % 7, dtype=np.uint8)
-        mask[:8] = (i + 3) % 7
-        c = compute_composition(mask)
-        rows.append({"image_id": f"img_{i:02d}", "image_path": "unused.png",
-                     **dict(zip(SHARE_COLUMNS, c.percents, strict=True)), "layout_json": c.to_json()})
-    return pl.DataFrame(rows)
 
 
 class FlakyClient:

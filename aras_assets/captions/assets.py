@@ -32,6 +32,7 @@ from aras_assets.sources.records import read_tile_manifest
 from resources import StorageResource
 from resources.captioner import CaptionerResource, SamplingConfig
 from resources.clip import ClipResource
+from resources.storage import read_parquet_checked
 
 # Each image origin gives, per partition, its images' masks (image_id, mask_path) and files
 # (image_id, image_path, absolute); paths in manifests are relative to the data root.
@@ -42,7 +43,7 @@ ImagesFor = Callable[[StorageResource, str], pl.DataFrame]
 def _read(path: Path, columns: list[str], missing: str) -> pl.DataFrame:
     if not path.exists():
         raise CaptionError(missing)
-    return pl.read_parquet(path, columns=columns)
+    return read_parquet_checked(path, columns)
 
 
 def real_masks(storage: StorageResource, tile: str) -> pl.DataFrame:
@@ -78,7 +79,7 @@ def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.Part
             masks = masks_for(storage, partition)
             rows = []
             for image_id, mask_path in masks.select("image_id", "mask_path").iter_rows():
-                comp = compute_composition(read_mask(storage.path(mask_path)))
+                comp = compute_composition(read_mask(storage.inside(mask_path, f"{origin} {partition} image {image_id}")))
                 rows.append({"image_id": image_id, "origin": origin, "mask_path": mask_path,
                              **dict(zip(SHARE_COLUMNS, comp.percents, strict=True)), "layout_json": comp.to_json(),
                              "dominant": comp.dominant.name})
@@ -123,9 +124,11 @@ def captions_asset(origin: str, images_for: ImagesFor, compositions: dg.AssetsDe
             if not comp_path.exists():
                 raise CaptionError(f"no compositions for {origin} {partition}: materialize "
                                    f"{origin}_compositions[{partition}] first")
-            images = images_for(storage, partition).select(
-                "image_id", (pl.lit(f"{storage.root_path}/") + pl.col("image_path")).alias("image_path")) \
-                .join(pl.read_parquet(comp_path).drop("origin", "mask_path"), on="image_id", how="left")
+            listed = images_for(storage, partition)
+            paths = [str(storage.inside(p, f"{origin} {partition} image {i}"))  # no row may point outside the root
+                     for i, p in listed.select("image_id", "image_path").iter_rows()]
+            images = listed.select("image_id").with_columns(pl.Series("image_path", paths, dtype=pl.String)) \
+                .join(read_parquet_checked(comp_path).drop("origin", "mask_path"), on="image_id", how="left")
             job = caption_job(settings, captioner)
             folder = storage.writable_dir(layout.captions_dir(origin, partition))
 
@@ -165,8 +168,8 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
     with step_errors(context):
         if not paths:
             raise BadInputError("no captions yet: materialize real_captions (or uncond_ / cond_captions) first")
-    captions = pl.concat([pl.read_parquet(p) for p in paths])
-    compositions = pl.concat([pl.read_parquet(p) for p in sorted(storage.root_path.glob(layout.COMPOSITION_FILES))])
+    captions = pl.concat([read_parquet_checked(p) for p in paths])
+    compositions = pl.concat([read_parquet_checked(p) for p in sorted(storage.root_path.glob(layout.COMPOSITION_FILES))])
     table = redundancy_table(captions)
     paper = [PAPER_TABLE2.get((o, m), PAPER_REDUNDANCY["overall"] if (o, m) == ("all", "all") else None)
              for o, m in table.select("origin", "mode").iter_rows()]
@@ -214,9 +217,9 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
 
 def captions_clipscore(clip: ClipResource, captions: pl.DataFrame, storage: StorageResource) -> np.ndarray:
     """CLIPScore of every caption against its image, each image encoded once."""
-    frames = [pl.read_parquet(p, columns=["patch_id", "image_path"]).rename({"patch_id": "image_id"})
+    frames = [read_parquet_checked(p, columns=["patch_id", "image_path"]).rename({"patch_id": "image_id"})
               for p in sorted(storage.root_path.glob(layout.PATCH_MANIFESTS))]
-    frames += [pl.read_parquet(p, columns=["image_id", "image_path"])
+    frames += [read_parquet_checked(p, columns=["image_id", "image_path"])
                for p in sorted(storage.root_path.glob(layout.SYNTHETIC_MANIFESTS))]
     paths = dict(pl.concat(frames).iter_rows()) if frames else {}
     image_ids = captions["image_id"].unique(maintain_order=True).to_list()
@@ -224,7 +227,7 @@ def captions_clipscore(clip: ClipResource, captions: pl.DataFrame, storage: Stor
     if lost:
         raise CaptionError(f"{len(lost)} captioned images have no image file on record (e.g. {lost[0]})")
     position = {image_id: k for k, image_id in enumerate(image_ids)}
-    return clip_scores(clip.load(), [storage.path(paths[i]) for i in image_ids], captions["text"].to_list(),
+    return clip_scores(clip.load(), [storage.inside(paths[i], i) for i in image_ids], captions["text"].to_list(),
                        [position[i] for i in captions["image_id"]], batch_size=clip.batch_size)
 
 

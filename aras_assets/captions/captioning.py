@@ -19,7 +19,9 @@ from aras_assets.captions.prompts import PromptTemplate
 from aras_assets.errors import BadInputError
 from aras_assets.layout import CAPTION_MODES, CAPTIONS
 from aras_assets.parts import PartsWriter
+from aras_assets.segmentation.data import verified_image_bytes
 from resources.captioner import ChatRequest, SamplingConfig
+from resources.storage import resumable_folder
 
 CAPTION_SCHEMA = {
     "caption_id": pl.String, "image_id": pl.String, "origin": pl.String, "mode": pl.String,
@@ -66,7 +68,7 @@ def caption_batch(images: pl.DataFrame, origin: str, job: CaptionJob) -> pl.Data
                      for r, s in zip(images.iter_rows(named=True), seeds, strict=True)]
         else:
             requests = [ChatRequest(template.render([r[c] for c in SHARE_COLUMNS]), template.system,
-                                    Path(r["image_path"]).read_bytes() if template.uses_image else None)
+                                    verified_image_bytes(Path(r["image_path"])) if template.uses_image else None)
                         for r in images.iter_rows(named=True)]
             texts = job.client.caption(requests, job.sampling, seeds)
         for image_id, seed, captions in zip(images["image_id"], seeds, texts, strict=True):
@@ -86,16 +88,17 @@ def caption_partition(images: pl.DataFrame, origin: str, job: CaptionJob, folder
     missing = images.filter(pl.col(SHARE_COLUMNS[0]).is_null())["image_id"].to_list()
     if missing:
         raise CaptionError(f"{len(missing)} images have no composition (e.g. {missing[0]}); materialize the compositions first")
-    parts = PartsWriter(folder, CAPTION_SCHEMA)
-    done = parts.done("image_id")
-    todo = images.filter(~pl.col("image_id").is_in(sorted(done)))
-    for begin in range(0, todo.height, batch_size):
-        batch = todo.slice(begin, batch_size)
-        parts.write(caption_batch(batch, origin, job), f"part-{uuid.uuid4().hex}")
-        if progress is not None:
-            progress(len(done) + begin + batch.height, images.height)
-    # an image's captions by mode in the release's order, then by index
-    mode_rank = pl.col("mode").replace_strict({m: k for k, m in enumerate(CAPTION_MODES)}, default=9)
-    captions = parts.combine(images["image_id"], "image_id", folder / CAPTIONS, unique="caption_id",
-                             then_by=[mode_rank, "caption_index"])
+    with resumable_folder(folder):  # one writer per partition; dead runs' temporary files go
+        parts = PartsWriter(folder, CAPTION_SCHEMA)
+        done = parts.done("image_id")
+        todo = images.filter(~pl.col("image_id").is_in(sorted(done)))
+        for begin in range(0, todo.height, batch_size):
+            batch = todo.slice(begin, batch_size)
+            parts.write(caption_batch(batch, origin, job), f"part-{uuid.uuid4().hex}")
+            if progress is not None:
+                progress(len(done) + begin + batch.height, images.height)
+        # an image's captions by mode in the release's order, then by index
+        mode_rank = pl.col("mode").replace_strict({m: k for k, m in enumerate(CAPTION_MODES)}, default=9)
+        captions = parts.combine(images["image_id"], "image_id", folder / CAPTIONS, unique="caption_id",
+                                 then_by=[mode_rank, "caption_index"])
     return captions, todo.height

@@ -72,6 +72,7 @@ from aras_assets.settings import Settings, SettingsResource
 from aras_assets.sources.records import read_training_data, tile_training_patches
 from resources import MlflowResource, StorageResource, TorchDeviceResource
 from resources.device import TorchRuntime
+from resources.storage import read_parquet_checked
 
 MODEL_NAMES = {UNCOND: "aras-gan-uncond", COND: "aras-gan-cond"}
 TRAINING_ASSET = {UNCOND: "uncond_gan", COND: "cond_gan"}
@@ -108,7 +109,7 @@ def image_stats(storage: StorageResource, picks: pl.DataFrame, resolution: int, 
                 device: torch.device) -> FeatureStats:
     """Features of the picked images (real ones resized to the generator's resolution, which is
     what the GAN learns from)."""
-    paths = [storage.path(p) for p in picks["image_path"]]
+    paths = [storage.inside(p, "row") for p in picks["image_path"]]
     return feature_stats(image_batches(paths, resolution), fn, size, device)
 
 
@@ -184,8 +185,8 @@ def prepare_gan(kind: str, s: Settings, storage: StorageResource, mlflow: Mlflow
     features, encoder_ref = encoder_features(mlflow, s.label_model)
     fid_records = even_rows(records, s.fid_images)
     reference = image_stats(storage, fid_records, s.gan_resolution, features, FID_FEATURE_SIZE, runtime.torch_device)
-    fid_masks = np.stack([resized_mask(storage.path(p), s.gan_resolution) for p in fid_records["mask_path"]]) \
-        if kind == COND else None
+    fid_masks = np.stack([resized_mask(storage.inside(p, "row"), s.gan_resolution)
+                          for p in fid_records["mask_path"]]) if kind == COND else None
 
     def fid(G: torch.nn.Module) -> float:
         """FID of the EMA generator (fixed seeds) against the training patches, encoder space."""
@@ -277,10 +278,10 @@ def sample_grid(kind: str, G: torch.nn.Module, records: pl.DataFrame, storage: S
                 runtime: TorchRuntime) -> bytes:
     """Real beside synthetic (unconditional) or mask | synthetic | real of that mask (conditional)."""
     picks = even_rows(records, GRID_SAMPLES)
-    real = [resized_image(storage.path(p), size) for p in picks["image_path"]]
+    real = [resized_image(storage.inside(p, "row"), size) for p in picks["image_path"]]
     if kind == UNCOND:
         return picture_rows([real, list(sample_uncond(G.eval(), len(real), runtime))])
-    masks = np.stack([resized_mask(storage.path(p), size) for p in picks["mask_path"]])
+    masks = np.stack([resized_mask(storage.inside(p, "row"), size) for p in picks["mask_path"]])
     fake = generate_cond(G.eval(), masks, range(len(masks)), runtime)
     return picture_rows([[mask_to_rgb(m) for m in masks], list(fake), real])
 
@@ -348,7 +349,8 @@ def uncond_images(context: dg.AssetExecutionContext, settings: SettingsResource,
             context.log.info(f"uncond_images[{shard}]: {done}/{total} images")
 
         manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
-    grid = picture_rows([[resized_image(storage.path(p), s.gan_resolution) for p in manifest["image_path"][:GRID_SAMPLES]]])
+    grid = picture_rows([[resized_image(storage.inside(p, "row"), s.gan_resolution)
+                          for p in manifest["image_path"][:GRID_SAMPLES]]])
     return dg.MaterializeResult(metadata=generation_metadata(manifest, new, ref, partition, grid,
                                                              f"shard {shard} samples"))
 
@@ -357,8 +359,9 @@ def uncond_label_images(storage: StorageResource, shard: str) -> pl.DataFrame:
     path = storage.path(layout.synthetic_manifest(UNCOND, shard))
     if not path.exists():
         raise GenerationError(f"no unconditional images in shard {shard}: materialize uncond_images[{shard}] first")
-    return pl.read_parquet(path, columns=["image_id", "image_path"]).with_columns(
-        (pl.lit(f"{storage.root_path}/") + pl.col("image_path")).alias("image_path"))
+    frame = read_parquet_checked(path, columns=["image_id", "image_path"])
+    paths = [str(storage.inside(p, f"uncond {shard} image {i}")) for i, p in frame.iter_rows()]
+    return frame.with_columns(pl.Series("image_path", paths, dtype=pl.String))
 
 
 uncond_labels = labeler_asset(
@@ -385,9 +388,9 @@ def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, s
         partition = Partition(storage.root_path, layout.synthetic_dir(COND, tile).as_posix())
 
         def render(rows: pl.DataFrame) -> np.ndarray:
-            masks = np.stack([resized_mask(storage.path(p), s.gan_resolution) for p in rows["source_mask_path"]])
+            masks = np.stack([resized_mask(storage.inside(p, "row"), s.gan_resolution) for p in rows["source_mask_path"]])
             for path, mask in zip(rows["mask_path"], masks, strict=True):  # the label, before the image
-                storage.write_bytes(storage.path(path), png_bytes(mask_to_rgb(mask)))
+                storage.write_bytes(storage.inside(path, "row"), png_bytes(mask_to_rgb(mask)))
             return generate_cond(G, masks, rows["seed"].to_list(), runtime)
 
         def progress(done: int, total: int) -> None:
@@ -395,8 +398,8 @@ def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, s
 
         manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
     picks = manifest.head(GRID_SAMPLES)
-    grid = picture_rows([[resized_image(storage.path(p), s.gan_resolution) for p in picks["mask_path"]],
-                         [resized_image(storage.path(p), s.gan_resolution) for p in picks["image_path"]]]) \
+    grid = picture_rows([[resized_image(storage.inside(p, "row"), s.gan_resolution) for p in picks["mask_path"]],
+                         [resized_image(storage.inside(p, "row"), s.gan_resolution) for p in picks["image_path"]]]) \
         if picks.height else b""
     metadata = generation_metadata(manifest, new, ref, partition, grid, "mask above its synthetic image") \
         if picks.height else {"images": 0, "model_version": str(ref), "note": f"tile {tile} has no training patches"}
@@ -405,7 +408,7 @@ def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, s
 
 def synthetic_manifests(storage: StorageResource, origin: str) -> pl.DataFrame:
     paths = sorted(storage.root_path.glob(layout.synthetic_manifests(origin)))
-    return pl.concat([pl.read_parquet(p) for p in paths]) if paths else pl.DataFrame()
+    return pl.concat([read_parquet_checked(p) for p in paths]) if paths else pl.DataFrame()
 
 
 @dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu",

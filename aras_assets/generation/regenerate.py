@@ -26,6 +26,7 @@ from aras_assets.ids import parse_synthetic_id
 from aras_assets.layout import MANIFEST
 from aras_assets.mlflow_runs import ModelVersionRef, download_checkpoint
 from aras_assets.segmentation.data import read_mask
+from resources.storage import contained, read_parquet_checked
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def manifest_row(root: Path, image_id: str) -> tuple[dict, pl.DataFrame]:
         raise GenerationError(str(exc)) from exc
     partition = Partition(root, f"synthetic/{ref.origin}/{ref.shard}")
     path = partition.folder / MANIFEST
-    rows = pl.read_parquet(path) if path.exists() else read_parts(partition)
+    rows = read_parquet_checked(path) if path.exists() else read_parts(partition)
     if rows.is_empty():
         raise GenerationError(f"no manifest for {image_id}: {path} is missing; materialize "
                               f"{ref.origin}_images[{ref.shard}] first")
@@ -78,6 +79,10 @@ def manifest_row(root: Path, image_id: str) -> tuple[dict, pl.DataFrame]:
 
 def regenerate(root: Path, tracking_uri: str, image_id: str) -> Regenerated:
     record, batch = manifest_row(root, image_id)
+    # Checked before anything is fetched: no manifest row may make this read outside the root.
+    stored = contained(root, record["image_path"], image_id)
+    mask_files = [contained(root, p, f"{image_id}'s batch image {i}")
+                  for i, p in batch.select("image_id", "mask_path").iter_rows()] if record["origin"] == COND else []
     ref = ModelVersionRef(record["model_name"], record["model_version"], record["mlflow_run_id"])
     runtime = runtime_for(record["device"], record["precision"])
     with tempfile.TemporaryDirectory() as scratch:
@@ -89,10 +94,10 @@ def regenerate(root: Path, tracking_uri: str, image_id: str) -> Regenerated:
     generator = runtime.prepare(generator)
     seeds = batch["seed"].to_list()
     if record["origin"] == COND:
-        masks = np.stack([read_mask(root / p) for p in batch["mask_path"]])
+        masks = np.stack([read_mask(p) for p in mask_files])
         images = generate_cond(generator, masks, seeds, runtime)
     else:
         images = generate_uncond(generator, seeds, float(record["truncation_psi"]), runtime)
     position = batch["image_id"].to_list().index(image_id)
-    return Regenerated(image_id, png_bytes(images[position]), record["content_sha256"], root / record["image_path"],
+    return Regenerated(image_id, png_bytes(images[position]), record["content_sha256"], stored,
                        record.get("generator_code"))

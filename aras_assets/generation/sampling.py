@@ -28,7 +28,7 @@ from aras_assets.ids import synthetic_id
 from aras_assets.layout import MANIFEST
 from aras_assets.parts import PartsWriter
 from resources.device import TorchRuntime
-from resources.storage import atomic_write_bytes
+from resources.storage import atomic_write_bytes, resumable_folder
 
 PNG_LEVEL = 1  # fixed, not a setting: replaying an image must give the same bytes
 # The modules whose source decides an image's pixels and bytes once its model, seeds, batch,
@@ -185,6 +185,12 @@ def generate_partition(plan: pl.DataFrame, render: Renderer, partition: Partitio
 
     A batch's PNGs are encoded and written by `workers` threads while the next batch renders;
     its part is written once they are all on disk, also when a later batch fails."""
+    with resumable_folder(partition.folder):  # one writer per partition; dead runs' temporary files go
+        return _generate(plan, render, partition, batch_size, progress, workers)
+
+
+def _generate(plan: pl.DataFrame, render: Renderer, partition: Partition, batch_size: int,
+              progress: Callable[[int, int], None] | None, workers: int) -> tuple[pl.DataFrame, int]:
     fixed = {k: plan[k][0] for k in ("model_version", "truncation_psi", "device", "precision")} if plan.height else {}
     done = done_parts(partition, fixed)
     todo = plan.filter(~pl.col("image_id").is_in(done["image_id"].implode()))

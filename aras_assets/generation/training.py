@@ -249,7 +249,7 @@ def plan_resume(folder: Path, trainer: Trainer, data_version: str, log: Callable
     if not path.exists():
         return None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file is not worth failing over: train again
         log(f"{path} cannot be read ({exc.__class__.__name__}); training from scratch")
         return None
@@ -342,7 +342,7 @@ def load_generator(path: Path, kind: str, expected: dict | None = None) -> tuple
     the other kind, or one whose network configuration differs from `expected`, is an error
     naming the differences."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise GenerationError(f"{path} is not a readable generator checkpoint: {exc}") from exc
     if not isinstance(checkpoint, dict) or "generator" not in checkpoint:

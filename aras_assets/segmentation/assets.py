@@ -51,6 +51,7 @@ from aras_assets.settings import Settings, SettingsResource
 from aras_assets.sources.records import read_tile_manifest, read_training_data
 from resources import MlflowResource, StorageResource, TorchDeviceResource
 from resources.device import TorchRuntime
+from resources.storage import contained
 
 
 def train_config(s: Settings) -> TrainConfig:
@@ -65,8 +66,8 @@ def sample_predictions(forward: Callable, dataset: PatchDataset, runtime: TorchR
     import torch
 
     picks = range(min(count, len(dataset)))
-    images = [read_image(dataset.root / dataset.images[i]) for i in picks]
-    truths = [read_mask(dataset.root / dataset.masks[i]) for i in picks]
+    images = [read_image(contained(dataset.root, dataset.images[i], f"patch {dataset.ids[i]}")) for i in picks]
+    truths = [read_mask(contained(dataset.root, dataset.masks[i], f"patch {dataset.ids[i]}")) for i in picks]
     with torch.inference_mode():
         batch = runtime.to_device(torch.stack([dataset[i][0] for i in picks]))
         preds = predict(forward, batch, runtime)[1].to(torch.uint8).cpu().numpy()

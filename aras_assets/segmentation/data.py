@@ -3,6 +3,7 @@ augmentation applied to image and mask together."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 from aras_assets.errors import BadInputError
 from aras_assets.landcover import rgb_to_mask
+from resources.storage import contained
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -36,16 +38,36 @@ def split_records(manifest: pl.DataFrame, splits: pl.DataFrame, split: str) -> p
     return records.sort("patch_id")
 
 
+class ImageFileError(BadInputError, OSError):
+    """An image or mask file that is corrupt or truncated."""
+
+
+def _decoded(source: Path | io.BytesIO, name: Path) -> np.ndarray:
+    # A full decode: a truncated or corrupt file is a bad input naming it, never a raw OSError.
+    try:
+        with Image.open(source) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageFileError(f"image {name} is corrupt or truncated ({exc}); rebuild or remove it") from exc
+
+
 def read_image(path: Path) -> np.ndarray:
     """(H, W, 3) uint8."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    return _decoded(path, path)
 
 
 def read_mask(path: Path) -> np.ndarray:
     """(H, W) class indices; a colour outside the palette is an error naming the file."""
-    with Image.open(path) as im:
-        return rgb_to_mask(np.asarray(im.convert("RGB")), source=str(path))
+    return rgb_to_mask(_decoded(path, path), source=str(path))
+
+
+def verified_image_bytes(path: Path) -> bytes:
+    """The file's bytes once they decode in full, so a truncated image is never sent anywhere."""
+    data = path.read_bytes()
+    _decoded(io.BytesIO(data), path)
+    return data
 
 
 def normalize(image: np.ndarray) -> torch.Tensor:
@@ -91,8 +113,8 @@ class PatchDataset(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = read_image(self.root / self.images[index])
-        mask = read_mask(self.root / self.masks[index])
+        image = read_image(contained(self.root, self.images[index], f"patch {self.ids[index]}"))
+        mask = read_mask(contained(self.root, self.masks[index], f"patch {self.ids[index]}"))
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image, mask = augment(image, mask, rng)

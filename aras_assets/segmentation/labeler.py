@@ -21,7 +21,7 @@ from aras_assets.segmentation.data import normalize, read_image
 from aras_assets.segmentation.models import ModelSpec
 from aras_assets.segmentation.training import predict
 from resources.device import TorchRuntime
-from resources.storage import atomic_write_bytes
+from resources.storage import atomic_write_bytes, contained
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 LABEL_COUNT_COLUMNS = [f"px_{name}" for name in CLASS_NAMES]
@@ -64,16 +64,29 @@ def shard_images(source: Path, root: Path | None = None) -> pl.DataFrame:
             frame = frame.with_columns(pl.col("image_path").map_elements(lambda p: Path(p).stem,
                                                                           return_dtype=pl.String).alias("image_id"))
         base = root or source.parent
-        frame = frame.select("image_id", pl.col("image_path").map_elements(
-            lambda p: str(p if Path(p).is_absolute() else base / p), return_dtype=pl.String))
+        # Every row's image stays under the root (or the manifest's folder): no row reads elsewhere.
+        paths = [str(contained(base, p, f"shard manifest {source} row {i}"))
+                 for i, p in frame.select("image_id", "image_path").iter_rows()]
+        frame = frame.select("image_id").with_columns(pl.Series("image_path", paths, dtype=pl.String))
     else:
         raise ShardError(f"image shard {source} does not exist")
     if frame.is_empty():
         raise ShardError(f"image shard {source} holds no images")
+    for image_id in frame["image_id"].to_list():
+        mask_name(image_id, source)
     dupes = frame.filter(pl.col("image_id").is_duplicated())["image_id"].unique().to_list()
     if dupes:
         raise ShardError(f"image shard {source} repeats image ids, e.g. {dupes[:3]}")
     return frame
+
+
+def mask_name(image_id: str, where: Path | str) -> str:
+    """The mask file name of an image id; an id that is not a plain file name (`../x`, `a/b`,
+    a hidden name) would write elsewhere, so it is a bad input naming the row."""
+    name = f"{image_id}.png"
+    if not image_id or image_id != Path(image_id).name or image_id.startswith(".") or "\\" in image_id:
+        raise ShardError(f"{where}: image id {image_id!r} is not a plain file name; ids name mask files")
+    return name
 
 
 def _batches(n: int, size: int) -> Iterator[range]:
@@ -118,8 +131,10 @@ def label_images(labeler: Labeler, images: pl.DataFrame, out_dir: Path, rel_dir:
     """Predict a mask for every image (batched; images of one size per batch) and write
     `<out_dir>/<image_id>.png`; returns one manifest row per image in input order. Images
     smaller than `min_size` are labelled at that scale (see predict_at_scale)."""
-    model = runtime.prepare(labeler.model).eval()
     ids: list[str] = images["image_id"].to_list()
+    for image_id in ids:  # before any work: an id that is not a plain name would write outside out_dir
+        mask_name(image_id, out_dir)
+    model = runtime.prepare(labeler.model).eval()
     paths: list[str] = images["image_path"].to_list()
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -133,8 +148,8 @@ def label_images(labeler: Labeler, images: pl.DataFrame, out_dir: Path, rel_dir:
                 encoded = list(pool.map(lambda m: _encode(m, png_compress_level), masks))
                 for k, mask, png in zip(members, masks, encoded, strict=True):
                     index = batch[k]
-                    name = f"{ids[index]}.png"
-                    atomic_write_bytes(out_dir / name, png)
+                    name = mask_name(ids[index], out_dir)
+                    atomic_write_bytes(contained(out_dir, name, f"image {ids[index]}"), png)
                     counts = np.bincount(mask.ravel(), minlength=NUM_CLASSES)
                     rows.append({"order": index, "image_id": ids[index], "image_path": paths[index],
                                  "mask_path": f"{rel_dir}/{name}", "model_name": labeler.model_name,

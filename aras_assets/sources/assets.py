@@ -12,10 +12,10 @@ from aras_assets.previews import markdown_image, markdown_table, pair_grid
 from aras_assets.settings import SettingsResource
 from aras_assets.sources.catalog import build_catalog
 from aras_assets.sources.checks import check_patches, check_splits
-from aras_assets.sources.patches import CLASS_COUNT_COLUMNS, PatchOptions, TileSource, extract_tile
+from aras_assets.sources.patches import CLASS_COUNT_COLUMNS, PatchOptions, TileSource, materialize_tile
 from aras_assets.sources.records import catalog_entry, read_catalog, read_manifests
 from aras_assets.sources.splits import SPLITS, assign_splits, splits_version
-from resources.storage import StorageResource, staged_directory
+from resources.storage import StorageResource, read_parquet_checked
 
 
 @dg.asset(group_name="catalog", code_version="1", kinds={"parquet"})
@@ -75,10 +75,7 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
     with step_errors(context, s.retry_window_s):
         final = storage.path(layout.patches_dir(tile))
         storage.writable_dir(final.parent)
-        with staged_directory(final) as stage:
-            result = extract_tile(source, opts, stage, layout.patches_dir(tile).as_posix(), progress)
-            storage.write_parquet(result.manifest, stage / layout.MANIFEST)
-            storage.write_parquet(result.rejected, stage / layout.REJECTED)
+        result = materialize_tile(source, opts, final, layout.patches_dir(tile).as_posix(), progress)
     manifest = result.manifest
     problems = check_patches(storage.root_path, manifest, s.water_max_share)
     checks = [dg.AssetCheckResult(check_name=name, passed=not problems[name],
@@ -95,7 +92,8 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
         {name: round(manifest[c].sum() / total_px, 4) for name, c in zip(CLASS_NAMES, CLASS_COUNT_COLUMNS, strict=True)})
     if manifest.height:
         sample = manifest.sample(n=min(8, manifest.height), seed=0).sort("patch_id")
-        pairs = [(storage.path(r["image_path"]), storage.path(r["mask_path"])) for r in sample.iter_rows(named=True)]
+        pairs = [(storage.inside(r["image_path"], r["patch_id"]), storage.inside(r["mask_path"], r["patch_id"]))
+                 for r in sample.iter_rows(named=True)]
         metadata["preview"] = dg.MetadataValue.md(markdown_image(pair_grid(pairs, thumb=64), f"{tile} patches"))
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
@@ -115,7 +113,7 @@ def splits(context: dg.AssetExecutionContext, settings: SettingsResource,
         out = storage.path(layout.SPLITS)
         storage.writable_dir(out.parent)
         storage.write_parquet(table, out)
-    written = pl.read_parquet(out)
+    written = read_parquet_checked(out)
     problems = check_splits(written, patches["patch_id"], s.split_fractions)
     counts = {name: written.filter(pl.col("split") == name).height for name in SPLITS}
     context.log.info(f"splits: {counts} over {written['block_id'].n_unique()} blocks ({s.split_method})")

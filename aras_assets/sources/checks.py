@@ -11,6 +11,7 @@ from PIL import Image
 from aras_assets.ids import PATCH_SIZE
 from aras_assets.landcover import WATER_INDEX, rgb_to_mask
 from aras_assets.sources.patches import CLASS_COUNT_COLUMNS
+from resources.storage import contained
 
 
 def check_patches(root: Path, manifest: pl.DataFrame, water_max_share: float) -> dict[str, list[str]]:
@@ -20,10 +21,10 @@ def check_patches(root: Path, manifest: pl.DataFrame, water_max_share: float) ->
     problems["unique_ids"] = [f"duplicate id {d}" for d in dup]
     for row in manifest.iter_rows(named=True):
         pid = row["patch_id"]
-        with Image.open(root / row["image_path"]) as im:
+        with Image.open(contained(root, row["image_path"], pid)) as im:
             if im.size != (PATCH_SIZE, PATCH_SIZE) or im.mode != "RGB":
                 problems["patch_shape"].append(f"{pid} image is {im.mode} {im.size}")
-        with Image.open(root / row["mask_path"]) as im:
+        with Image.open(contained(root, row["mask_path"], pid)) as im:
             rgb = np.asarray(im.convert("RGB"))
         if rgb.shape[:2] != (PATCH_SIZE, PATCH_SIZE):
             problems["patch_shape"].append(f"{pid} mask is {rgb.shape}")

@@ -23,6 +23,7 @@ from PIL import Image
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from aras_assets import layout
 from aras_assets.grid import WC_TILE_DEG, Footprint, grid_offset
 from aras_assets.ids import PATCH_SIZE, patch_id
 from aras_assets.landcover import (
@@ -35,6 +36,7 @@ from aras_assets.landcover import (
     mask_to_rgb,
 )
 from aras_assets.sources.rasters import S2_KIND, WC_KIND, TileError, footprint, open_raster, read_error
+from resources.storage import staged_directory, write_parquet_atomic
 
 REJECT_REASONS = ("all_zero_image", "nodata_label", "too_much_water")
 CLASS_COUNT_COLUMNS = tuple(f"px_{name.replace('-', '_')}" for name in CLASS_NAMES)
@@ -233,3 +235,15 @@ def _collect(result: dict | tuple[str, str], rows: list[dict], rejected: list[tu
         rows.append(result)
     else:
         rejected.append(result)
+
+
+def materialize_tile(tile: TileSource, opts: PatchOptions, final: Path, rel_dir: str,
+                     progress: Callable[[int, int], None] | None = None) -> TileResult:
+    """A tile's patches, manifest and rejected list in `final`, whole or not at all: built in a
+    staging folder under the partition's lock and swapped in atomically (a killed run leaves the
+    previous version, and its leftovers are removed by the next run)."""
+    with staged_directory(final) as stage:
+        result = extract_tile(tile, opts, stage, rel_dir, progress)
+        write_parquet_atomic(result.manifest, stage / layout.MANIFEST)
+        write_parquet_atomic(result.rejected, stage / layout.REJECTED)
+    return result

@@ -9,14 +9,14 @@ import polars as pl
 from aras_assets import layout
 from aras_assets.errors import BadInputError
 from aras_assets.sources.splits import splits_version
-from resources.storage import StorageResource
+from resources.storage import StorageResource, read_parquet_checked
 
 
 def read_catalog(storage: StorageResource) -> pl.DataFrame:
     path = storage.path(layout.CATALOG)
     if not path.exists():
         raise BadInputError(f"no tile catalog at {path}: materialize tile_catalog first")
-    return pl.read_parquet(path)
+    return read_parquet_checked(path)
 
 
 def catalog_entry(storage: StorageResource, tile: str) -> dict:
@@ -32,7 +32,7 @@ def read_tile_manifest(storage: StorageResource, tile: str, columns: list[str]) 
     path = storage.path(layout.patch_manifest(tile))
     if not path.exists():
         raise BadInputError(f"no patches for tile {tile}: materialize real_patches[{tile}] first")
-    return pl.read_parquet(path, columns=columns)
+    return read_parquet_checked(path, columns)
 
 
 def read_manifests(storage: StorageResource, tiles: list[str]) -> tuple[pl.DataFrame, list[str]]:
@@ -41,15 +41,16 @@ def read_manifests(storage: StorageResource, tiles: list[str]) -> tuple[pl.DataF
     missing = [t for t in tiles if t not in have]
     if not have:
         return pl.DataFrame(schema={"patch_id": pl.String, "s2_tile": pl.String, "row": pl.Int32, "col": pl.Int32}), missing
-    frames = [pl.scan_parquet(storage.path(layout.patch_manifest(t))) for t in have]
-    return pl.concat(frames).select("patch_id", "s2_tile", "row", "col").collect(), missing
+    frames = [read_parquet_checked(storage.path(layout.patch_manifest(t)), ["patch_id", "s2_tile", "row", "col"])
+              for t in have]
+    return pl.concat(frames), missing
 
 
 def read_splits(storage: StorageResource) -> pl.DataFrame:
     path = storage.path(layout.SPLITS)
     if not path.exists():
         raise BadInputError(f"no splits at {path}: materialize splits first")
-    return pl.read_parquet(path)
+    return read_parquet_checked(path)
 
 
 def read_training_data(storage: StorageResource) -> tuple[pl.DataFrame, pl.DataFrame, str]:
@@ -59,7 +60,7 @@ def read_training_data(storage: StorageResource) -> tuple[pl.DataFrame, pl.DataF
     missing = [t for t in tiles if not storage.path(layout.patch_manifest(t)).exists()]
     if missing:
         raise BadInputError(f"splits name tiles without patches: {missing}; materialize real_patches for them")
-    manifest = pl.concat([pl.read_parquet(storage.path(layout.patch_manifest(t)),
+    manifest = pl.concat([read_parquet_checked(storage.path(layout.patch_manifest(t)),
                                           columns=["patch_id", "image_path", "mask_path"]) for t in tiles]) \
         if tiles else pl.DataFrame(schema={"patch_id": pl.String, "image_path": pl.String, "mask_path": pl.String})
     return manifest, table, splits_version(table)
