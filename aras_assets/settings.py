@@ -34,11 +34,13 @@ S2_BUCKET_TEMPLATE = "s3://esa-worldcover-s2/rgbnir/2021/{lat_band}/ESA_WorldCov
 WC_BUCKET_TEMPLATE = "s3://esa-worldcover/v200/2021/map/ESA_WorldCover_10m_2021_v200_{tile}_Map.tif"
 
 
+CAPTION_MODES = ("text", "vision", "hybrid")
 SEG_ARCHS = ("unet", "unetplusplus", "pan", "deeplabv3plus", "segformer", "fpn")
 # Small encoders keep the demo on a CPU in minutes.
 DEMO_ENCODERS = {arch: "tu-mobilenetv3_small_050" for arch in SEG_ARCHS} | {"segformer": "mit_b0"}
-# The paper does not name its encoders: smp's default ResNet-34, and MiT-B2 for Segformer.
-PAPER_ENCODERS = {arch: "resnet34" for arch in SEG_ARCHS} | {"segformer": "mit_b2"}
+# The paper names no encoders; the release's script trains Segformer on efficientnet-b7, and
+# smp's default ResNet-34 stands in for the other five.
+PAPER_ENCODERS = {arch: "resnet34" for arch in SEG_ARCHS} | {"segformer": "efficientnet-b7"}
 
 
 class SettingsError(BadInputError, ValueError):
@@ -127,6 +129,13 @@ def _encoders_problem(encoders: dict[str, str]) -> str | None:
     return f"names no encoder for {', '.join(missing)}" if missing else None
 
 
+def _per_mode_range(low: float, high: float) -> Callable[[dict[str, float]], str | None]:
+    """A check that every value of a per-mode mapping lies in [low, high]."""
+    def problem(values: dict[str, float]) -> str | None:
+        return None if all(low <= v <= high for v in values.values()) else "is out of range"
+    return problem
+
+
 def _power_of_two_problem(n: int) -> str | None:
     return None if n & (n - 1) == 0 else "is not a power of two"
 
@@ -196,13 +205,19 @@ class Settings:
     label_model: str = "champion"  # who labels images: champion, <arch>, <arch>/<version> or <arch>@<alias>
     # Captions: modes, captions per image (the release: 5), sampling of model backends, and
     # prompt templates replacing the release's (keys text, text_system, vision, hybrid).
-    caption_modes: tuple[str, ...] = rule(("text", "vision", "hybrid"), choices=("text", "vision", "hybrid"), nonempty=True)
+    caption_modes: tuple[str, ...] = rule(CAPTION_MODES, choices=CAPTION_MODES, nonempty=True)
     captions_per_image: int = rule(5, ge=1)
     caption_seed: int = rule(0, ge=0)
     caption_batch_size: int = rule(64, ge=1)
-    caption_temperature: float = rule(0.8, ge=0)
-    caption_top_p: float = rule(0.95, gt=0, le=1)
-    caption_max_tokens: int = rule(100, ge=1)
+    # Sampling per mode, as the release: Text temperature 0.7 / top_p 0.8, Hybrid greedy (temperature 0),
+    # Vision the model's own defaults. A mode absent from a mapping sends nothing for it (model default).
+    caption_temperature: dict[str, float] = field(default_factory=lambda: {"text": 0.7, "hybrid": 0.0}, metadata=limits(
+        choices=CAPTION_MODES, check=_per_mode_range(0, 2), says=" with values in [0, 2]"))
+    caption_top_p: dict[str, float] = field(default_factory=lambda: {"text": 0.8}, metadata=limits(
+        choices=CAPTION_MODES, check=_per_mode_range(1e-6, 1), says=" with values in (0, 1]"))
+    caption_max_tokens: int = rule(100, ge=1)  # the release: at most 100 new tokens
+    # Percentages in {class_info}: "release" = Python's round to 2 places (8.2%); "two_decimals" = 8.20%.
+    caption_percent_format: str = rule("release", choices=("release", "two_decimals"))
     caption_prompts: dict[str, str] = field(default_factory=dict,
                                               metadata=limits(choices=("text", "text_system", "vision", "hybrid")))
     # Generation, unconditional style-based GAN (gan_*): size, widths and the training recipe.
@@ -214,7 +229,9 @@ class Settings:
     gan_channel_base: int = rule(1024, ge=1)
     gan_channel_max: int = rule(64, ge=1)
     gan_steps: int = rule(400, ge=1)
-    gan_batch_size: int = rule(8, ge=1)
+    gan_batch_size: int = rule(8, ge=1)  # images per optimizer step (StyleGAN's --batch)
+    gan_accumulate: int = rule(1, ge=1)  # micro-batches per step, so a large batch fits in memory
+    gan_mirror: bool = False  # double the unconditional GAN's training set with x-flips (StyleGAN's --mirror=1)
     gan_lr: float = rule(2.5e-3, gt=0)
     gan_r1_gamma: float = rule(0.2, ge=0)  # 0 = no R1 penalty
     gan_r1_interval: int = rule(16, ge=1)  # lazy R1: the penalty every this many discriminator steps
@@ -280,6 +297,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seg_eval_batch_size": 64,
         "seg_loader_workers": 8,
         "label_batch_size": 64,
+        # One caption per (mode, model) as the release's Table 2 pairs; Hybrid is greedy, so more would repeat.
+        "captions_per_image": 1,
         # StyleGAN2 configuration at 256 px (the release trained StyleGAN2 in the StyleGAN3 code base).
         "gan_resolution": 256,
         "gan_z_dim": 512,
@@ -287,9 +306,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gan_mapping_layers": 8,
         "gan_channel_base": 16384,
         "gan_channel_max": 512,
-        "gan_steps": 780_000,
-        "gan_batch_size": 32,
-        "gan_r1_gamma": 1.0,
+        # The release: --batch=256 --gamma=0.01 --mirror=1 --kimg 5000 --cbase 16384 (--aug=ada: we use
+        # DiffAugment; ADA is not implemented). 5,000 kimg / 256 images a step = 19,532 steps.
+        "gan_steps": 19_532,
+        "gan_batch_size": 256,
+        "gan_accumulate": 8,  # 8 passes of 32 images, the batch this profile ran in one pass before
+        "gan_mirror": True,
+        "gan_r1_gamma": 0.01,
         "gan_ema_kimg": 10.0,
         "gan_checkpoint_every": 5000,
         "gan_fid_every": 50_000,

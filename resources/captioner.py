@@ -40,13 +40,20 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Sampling for `n` captions per request. `max_tokens` is always sent: vLLM's default is 16."""
+    """Sampling for `n` captions per request. `temperature` / `top_p` None: not sent, so the model's
+    own defaults apply (the release's Vision captions). `max_tokens` is always sent: vLLM's default is 16."""
 
     n: int = 5
-    temperature: float = 0.8
-    top_p: float = 0.95
+    temperature: float | None = None
+    top_p: float | None = None
     seed: int = 0
     max_tokens: int = 100
+
+    def options(self) -> dict[str, Any]:
+        """The sampling fields a backend sends: n, seed, max_tokens, and temperature / top_p when set."""
+        chosen = {"temperature": self.temperature, "top_p": self.top_p}
+        return {"n": self.n, **{k: v for k, v in chosen.items() if v is not None}, "seed": int(self.seed),
+                "max_tokens": self.max_tokens}
 
 
 class CaptionBackendError(BadInputError, RuntimeError):
@@ -137,21 +144,12 @@ class OpenAICompatibleClient:
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        content: list[dict[str, Any]] = []
+        content: list[dict[str, Any]] = [{"type": "text", "text": request.user}]  # text first, as the release
         if request.image_png is not None:
             encoded = base64.b64encode(request.image_png).decode("ascii")
             content.append({"type": "image_url", "image_url": {"url": PNG_DATA_URL_PREFIX + encoded}})
-        content.append({"type": "text", "text": request.user})
         messages.append({"role": "user", "content": content})
-        return {
-            "model": self.model,
-            "messages": messages,
-            "n": sampling.n,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "seed": int(seed),
-            "max_tokens": sampling.max_tokens,
-        }
+        return {"model": self.model, "messages": messages, **sampling.options(), "seed": int(seed)}
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -277,26 +275,30 @@ class VllmEngine:
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        content: list[dict[str, Any]] = []
+        content: list[dict[str, Any]] = [{"type": "text", "text": request.user}]  # text first, as the release
         if request.image_png is not None:
             from PIL import Image
 
             image = Image.open(io.BytesIO(request.image_png)).convert("RGB")
             content.append({"type": "image_pil", "image_pil": image})
-        content.append({"type": "text", "text": request.user})
         messages.append({"role": "user", "content": content})
         return messages
 
     @staticmethod
     def sampling_kwargs(sampling: SamplingConfig, seed: int) -> dict:
-        """Keyword arguments for `vllm.SamplingParams`, max_tokens always explicit (vLLM's default is 16)."""
-        return {
-            "n": sampling.n,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "seed": int(seed),
-            "max_tokens": sampling.max_tokens,
-        }
+        """Keyword arguments for `vllm.SamplingParams`, max_tokens always explicit (vLLM's default is 16);
+        temperature / top_p only when set (the rest come from the model's defaults, see `caption`)."""
+        return {**sampling.options(), "seed": int(seed)}
+
+    @staticmethod
+    def model_defaults(llm: Any) -> dict:
+        """The model's own sampling defaults (its generation config), which a bare `SamplingParams`
+        would not carry: what a request that sends no temperature / top_p gets from `vllm serve`."""
+        getter = getattr(llm, "get_default_sampling_params", None)
+        if getter is None:
+            return {}
+        base = getter()
+        return {k: getattr(base, k) for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty") if hasattr(base, k)}
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments for `vllm.LLM`; extras given to the constructor override the named ones."""
@@ -337,7 +339,8 @@ class VllmEngine:
             return []
         llm = self._engine(llm_class)
         conversations = [self.build_messages(request) for request in requests]
-        params = [sampling_params_class(**self.sampling_kwargs(sampling, seed)) for seed in request_seeds]
+        defaults = self.model_defaults(llm)
+        params = [sampling_params_class(**{**defaults, **self.sampling_kwargs(sampling, seed)}) for seed in request_seeds]
         try:
             outputs = llm.chat(conversations, sampling_params=params, use_tqdm=False)
         except Exception as exc:

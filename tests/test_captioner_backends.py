@@ -80,6 +80,8 @@ class FakeChatServer:
         for key in ("n", "temperature", "top_p", "max_tokens"):
             if payload.get(key) != getattr(self.sampling, key):
                 return f"{key} {payload.get(key)!r} != {getattr(self.sampling, key)!r}"
+            if getattr(self.sampling, key) is None and key in payload:  # unset: the model's default, nothing sent
+                return f"{key} sent though unset"
         if not isinstance(payload.get("seed"), int):
             return f"seed {payload.get('seed')!r} is not an int"
         auth = headers.get("Authorization")
@@ -198,12 +200,17 @@ def test_payload_structure_and_url():
     image = png_bytes()
     payload = client.build_payload(ChatRequest("describe", system="be brief", image_png=image), SamplingConfig(), seed=9)
     assert payload["model"] == "m" and payload["seed"] == 9
-    assert {k: payload[k] for k in ("n", "temperature", "top_p", "max_tokens")} == {
-        "n": 5, "temperature": 0.8, "top_p": 0.95, "max_tokens": 100,
+    # the default sends no temperature / top_p: the model's own defaults (the release's Vision captions)
+    assert {k: payload.get(k) for k in ("n", "temperature", "top_p", "max_tokens")} == {
+        "n": 5, "temperature": None, "top_p": None, "max_tokens": 100,
     }
+    assert "temperature" not in payload and "top_p" not in payload
+    greedy = client.build_payload(ChatRequest("d"), SamplingConfig(temperature=0.0), seed=1)
+    assert greedy["temperature"] == 0.0 and "top_p" not in greedy
     system, user = payload["messages"]
     assert system == {"role": "system", "content": "be brief"}
     assert user["role"] == "user"
+    assert [part["type"] for part in user["content"]] == ["text", "image_url"]  # text before the image, as the release
     parts = {part["type"]: part for part in user["content"]}
     assert parts["text"] == {"type": "text", "text": "describe"}
     assert base64.b64decode(parts["image_url"]["image_url"]["url"].removeprefix(PNG_PREFIX)) == image
@@ -311,14 +318,16 @@ def test_vllm_messages_sampling_and_engine_kwargs():
     assert messages[0] == {"role": "system", "content": "be brief"}
     user = messages[1]
     assert user["role"] == "user" and len(messages) == 2
+    assert [part["type"] for part in user["content"]] == ["text", "image_pil"]  # text before the image, as the release
     parts = {part["type"]: part for part in user["content"]}
     assert parts["text"] == {"type": "text", "text": "describe"}
     assert isinstance(parts["image_pil"]["image_pil"], Image.Image) and parts["image_pil"]["image_pil"].size == (5, 2)
     assert VllmEngine.build_messages(ChatRequest("plain")) == [
         {"role": "user", "content": [{"type": "text", "text": "plain"}]}
     ]
-    assert VllmEngine.sampling_kwargs(SamplingConfig(), seed=3) == {
-        "n": 5, "temperature": 0.8, "top_p": 0.95, "seed": 3, "max_tokens": 100,
+    assert VllmEngine.sampling_kwargs(SamplingConfig(), seed=3) == {"n": 5, "seed": 3, "max_tokens": 100}
+    assert VllmEngine.sampling_kwargs(SamplingConfig(n=1, temperature=0.7, top_p=0.8), seed=3) == {
+        "n": 1, "temperature": 0.7, "top_p": 0.8, "seed": 3, "max_tokens": 100,
     }
     kwargs = VllmEngine("org/vlm", enforce_eager=True).engine_kwargs()
     assert kwargs["model"] == "org/vlm" and kwargs["limit_mm_per_prompt"] == {"image": 1}
@@ -375,6 +384,19 @@ def test_vllm_caption_with_a_stand_in_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm([["ok", "  "]]))
     with pytest.raises(CaptionBackendError, match="empty caption"):
         VllmEngine("org/vlm").caption([ChatRequest("x")], SamplingConfig(n=2))
+
+
+def test_vllm_unset_sampling_takes_the_model_defaults(monkeypatch):
+    """A mode that sends no temperature / top_p gets the model's generation config, as `vllm serve` would."""
+    module = fake_vllm([["a"]])
+    module.LLM.get_default_sampling_params = lambda self: types.SimpleNamespace(temperature=0.6, top_p=0.95, top_k=20)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    engine = VllmEngine("org/vlm")
+    engine.caption([ChatRequest("x")], SamplingConfig(n=1, seed=2))
+    engine.caption([ChatRequest("x")], SamplingConfig(n=1, seed=2, temperature=0.0))
+    vision, hybrid = (call["params"][0].kwargs for call in module.calls)
+    assert vision == {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "n": 1, "seed": 2, "max_tokens": 100}
+    assert hybrid["temperature"] == 0.0
 
 
 # --- the resource ---------------------------------------------------------------------------------

@@ -23,18 +23,60 @@ from tests.test_clipscore import TINY, tiny_weights  # noqa: F401 (a fixture)
 TREE, SHRUB, GRASS, CROP, BUILT, BARREN, WATER = range(7)
 
 
+def release_class_info(percents: list[float]) -> str:
+    """The release's own rule, written out as it built class_info."""
+    names = ["Tree", "Shrub", "Grass", "Crop", "Built-up", "Barren", "Water"]
+    return ", ".join(f"{name} ({round(pct, 2)}%)" for name, pct in zip(names, percents, strict=True) if pct > 0)
+
+
+RELEASE_CASES = {  # percentages as the release formats them: Python's round, never padded
+    "one decimal": ([8.2, 0.0, 91.8, 0.0, 0.0, 0.0, 0.0], "Tree (8.2%), Grass (91.8%)"),
+    "two decimals": ([10.54, 0.0, 0.0, 0.0, 0.0, 0.0, 89.46], "Tree (10.54%), Water (89.46%)"),
+    "rounded": ([45.123, 0.0, 30.0, 0.0, 0.0, 14.877, 10.0], "Tree (45.12%), Grass (30.0%), Barren (14.88%), Water (10.0%)"),
+    "hundred": ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 100.0], "Water (100.0%)"),
+    "built-up": ([0.0, 0.0, 0.0, 0.0, 100.0 / 3, 0.0, 200.0 / 3], "Built-up (33.33%), Water (66.67%)"),
+    "empty": ([0.0] * 7, ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RELEASE_CASES))
+def test_class_info_and_prompts_byte_for_byte_as_the_release(case: str) -> None:
+    percents, expected = RELEASE_CASES[case]
+    assert class_info(percents) == release_class_info(percents) == expected
+    t = prompt_templates()
+    if expected:
+        text = f"An image shows: {expected}. Describe the scene in 1 or 2 concise sentences focusing on dominant land use."
+        hybrid = (f"This remote sensing image contains the following land cover distribution: {expected}. Based on this "
+                  "information, describe the scene in 1 or 2 concise sentences focusing on spatial layout and dominant "
+                  "land use types.")
+    else:  # the release's fallbacks: Text names no class, Hybrid asks the Vision prompt
+        text = ("An image shows: unidentified land cover. Describe the scene in 1 or 2 concise sentences focusing on "
+                "dominant land use.")
+        hybrid = t["vision"].user
+    assert t["text"].render(percents) == text and t["hybrid"].render(percents) == hybrid
+    assert t["vision"].render(percents) == t["vision"].user
+
+
+def test_two_decimal_percent_format_stays_available() -> None:
+    percents = [45.123, 0.0, 30.0, 0.0, 0.0, 14.877, 10.0]
+    assert class_info(percents, "two_decimals") == "Tree (45.12%), Grass (30.00%), Barren (14.88%), Water (10.00%)"
+    t = prompt_templates(percent_format="two_decimals")
+    assert "Grass (30.00%)" in t["text"].render(percents) and t["text"].hash != prompt_templates()["text"].hash
+    assert prompt_templates({"vision": "Say what you see."})["hybrid"].render([0.0] * 7) == "Say what you see."
+
+
 def test_release_prompts_byte_identical() -> None:
     percents = [45.123, 0.0, 30.0, 0.0, 0.0, 14.877, 10.0]
-    assert class_info(percents) == "Tree (45.12%), Grass (30.00%), Barren (14.88%), Water (10.00%)"
+    assert class_info(percents) == "Tree (45.12%), Grass (30.0%), Barren (14.88%), Water (10.0%)"
     t = prompt_templates()
     assert t["vision"].render(percents) == ("Describe this remote sensing image in 1 or 2 concise sentences, focusing on "
                                             "land use and key geographical features.")
     assert t["hybrid"].render(percents) == (
-        "This remote sensing image contains the following land cover distribution: Tree (45.12%), Grass (30.00%), "
-        "Barren (14.88%), Water (10.00%). Based on this information, describe the scene in 1 or 2 concise sentences "
+        "This remote sensing image contains the following land cover distribution: Tree (45.12%), Grass (30.0%), "
+        "Barren (14.88%), Water (10.0%). Based on this information, describe the scene in 1 or 2 concise sentences "
         "focusing on spatial layout and dominant land use types.")
     assert t["text"].system == "You are a remote sensing expert."
-    assert t["text"].render(percents) == ("An image shows: Tree (45.12%), Grass (30.00%), Barren (14.88%), Water (10.00%). "
+    assert t["text"].render(percents) == ("An image shows: Tree (45.12%), Grass (30.0%), Barren (14.88%), Water (10.0%). "
                                           "Describe the scene in 1 or 2 concise sentences focusing on dominant land use.")
     assert t["vision"].uses_image and t["hybrid"].uses_image and not t["text"].uses_image
     assert t["text"].hash == RELEASE_PROMPTS["text"].hash != t["hybrid"].hash
@@ -142,6 +184,34 @@ def test_crash_and_resume_without_duplicates(tmp_path: Path) -> None:
     assert set(captions["prompt_hash"]) == {prompt_templates()["text"].hash} and set(captions["model"]) == {"test-model"}
     again, new = caption_partition(images, "real", job(FlakyClient(fail_after_calls=0)), tmp_path, batch_size=3)
     assert new == 0 and again.equals(captions)  # nothing left to do, the backend is not called
+
+
+def test_caption_job_samples_each_mode_as_the_release(tmp_path: Path) -> None:
+    """Text 0.7 / 0.8, Hybrid greedy, Vision sends nothing (the model's defaults), 100 new tokens."""
+    from aras_assets.captions.assets import caption_job
+    from aras_assets.settings import SettingsResource
+    from resources.captioner import CaptionerResource
+
+    the_job = caption_job(SettingsResource(), CaptionerResource())
+    got = {m: the_job.sampling_for(m) for m in ("text", "vision", "hybrid")}
+    assert (got["text"].temperature, got["text"].top_p) == (0.7, 0.8)
+    assert (got["hybrid"].temperature, got["hybrid"].top_p) == (0.0, None)
+    assert (got["vision"].temperature, got["vision"].top_p) == (None, None)
+    assert {s.max_tokens for s in got.values()} == {100}
+
+    class Recorder(FlakyClient):
+        def caption(self, requests, sampling, seeds):
+            seen.append((requests[0].user[:8], sampling.temperature))
+            return super().caption(requests, sampling, seeds)
+
+    seen: list[tuple[str, float | None]] = []
+    recorded = CaptionJob(("text", "hybrid"), prompt_templates(), "openai", "m", Recorder(), the_job.sampling,
+                          the_job.mode_sampling)
+    for path in (tmp_path / "png.png",):
+        path.write_bytes(b"")
+    caption_partition(composition_rows(1).with_columns(pl.lit(str(tmp_path / "png.png")).alias("image_path")), "real",
+                      recorded, tmp_path / "out")
+    assert seen == [("An image", 0.7), ("This rem", 0.0)]
 
 
 def test_captions_need_compositions_and_full_answers(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 unconditional images (per gen_shard, from the labeler's masks) and conditional images (per
 s2_tile, from their conditioning masks), and caption_eval over everything captioned."""
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,10 +104,11 @@ def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.Part
 
 def caption_job(settings: SettingsResource, captioner: CaptionerResource) -> CaptionJob:
     s = settings.get()
-    sampling = SamplingConfig(n=s.captions_per_image, temperature=s.caption_temperature, top_p=s.caption_top_p,
-                              seed=s.caption_seed, max_tokens=s.caption_max_tokens)
-    return CaptionJob(tuple(s.caption_modes), prompt_templates(s.caption_prompts), captioner.backend,
-                      captioner.model_label, captioner.client(), sampling)
+    sampling = SamplingConfig(n=s.captions_per_image, seed=s.caption_seed, max_tokens=s.caption_max_tokens)
+    per_mode = {mode: dataclasses.replace(sampling, temperature=s.caption_temperature.get(mode),
+                                          top_p=s.caption_top_p.get(mode)) for mode in s.caption_modes}
+    return CaptionJob(tuple(s.caption_modes), prompt_templates(s.caption_prompts, s.caption_percent_format),
+                      captioner.backend, captioner.model_label, captioner.client(), sampling, per_mode)
 
 
 def captions_asset(origin: str, images_for: ImagesFor, compositions: dg.AssetsDefinition,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,11 @@ class CaptionJob:
     backend: str  # "offline", "openai" or "vllm"
     model: str
     client: Any  # None for offline; else has caption(requests, sampling, seeds) -> list[list[str]]
-    sampling: SamplingConfig
+    sampling: SamplingConfig  # n, seed and max_tokens; the sampling of a mode not in mode_sampling
+    mode_sampling: dict[str, SamplingConfig] = field(default_factory=dict)
+
+    def sampling_for(self, mode: str) -> SamplingConfig:
+        return self.mode_sampling.get(mode, self.sampling)
 
 
 def caption_seed(base: int, image_id: str, mode: str) -> int:
@@ -70,7 +74,7 @@ def caption_batch(images: pl.DataFrame, origin: str, job: CaptionJob) -> pl.Data
             requests = [ChatRequest(template.render([r[c] for c in SHARE_COLUMNS]), template.system,
                                     verified_image_bytes(Path(r["image_path"])) if template.uses_image else None)
                         for r in images.iter_rows(named=True)]
-            texts = job.client.caption(requests, job.sampling, seeds)
+            texts = job.client.caption(requests, job.sampling_for(mode), seeds)
         for image_id, seed, captions in zip(images["image_id"], seeds, texts, strict=True):
             if len(captions) != n or any(not t.strip() for t in captions):
                 raise CaptionError(f"{image_id} ({mode}): expected {n} non-empty captions, got {len(captions)}")
