@@ -172,7 +172,7 @@ def prepare_gan(kind: str, s: Settings, storage: StorageResource, mlflow: Mlflow
                 log: Callable[[str], None]) -> GanTraining:
     """The training patches, trainer and resume point, and the FID reference (raises bad-input errors)."""
     records, data_version = train_records(storage)
-    dataset = GanPatches(storage.root_path, records, s.gan_resolution)
+    dataset = GanPatches(storage.root_path, records, s.gan_resolution, mirror=s.gan_mirror and kind == UNCOND)
     if kind == UNCOND:
         config = uncond_recipe(s)
         trainer = StyleGanTrainer(style_config(s), config, runtime)

@@ -25,7 +25,8 @@ def uncond_recipe(s: Settings) -> GanTrainConfig:
     return GanTrainConfig(steps=s.gan_steps, batch_size=s.gan_batch_size, lr=s.gan_lr, r1_gamma=s.gan_r1_gamma,
                           r1_interval=s.gan_r1_interval, style_mixing=s.gan_style_mixing, ema_kimg=s.gan_ema_kimg,
                           augment=tuple(s.gan_augment), checkpoint_every=s.gan_checkpoint_every,
-                          fid_every=s.gan_fid_every, seed=s.gan_seed)
+                          fid_every=s.gan_fid_every, seed=s.gan_seed,
+                          accumulate=s.gan_accumulate)
 
 
 def cond_recipe(s: Settings, perceptual: bool) -> CondTrainConfig:

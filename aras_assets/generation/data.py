@@ -47,20 +47,25 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class GanPatches(torch.utils.data.Dataset):
-    """(image [3, r, r] in [-1, 1], mask [r, r] long) per training patch."""
+    """(image [3, r, r] in [-1, 1], mask [r, r] long) per training patch. With `mirror`, the set is
+    doubled by x-flips as StyleGAN's `--mirror=1`: index n + i is patch i flipped left to right."""
 
-    def __init__(self, root: Path, records: pl.DataFrame, resolution: int) -> None:
+    def __init__(self, root: Path, records: pl.DataFrame, resolution: int, mirror: bool = False) -> None:
         self.root = root
         self.images = records["image_path"].to_list()
         self.masks = records["mask_path"].to_list()
         self.resolution = resolution
+        self.mirror = mirror
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) * (2 if self.mirror else 1)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        flip, index = divmod(index, len(self.images))
         image = resized_image(self.root / self.images[index], self.resolution)
         mask = resized_mask(self.root / self.masks[index], self.resolution)
+        if flip:
+            image, mask = image[:, ::-1], mask[:, ::-1]
         return to_signed(image[None])[0], torch.from_numpy(mask.astype(np.int64))
 
 

@@ -52,6 +52,7 @@ class GanTrainConfig:
     checkpoint_every: int = 100
     fid_every: int = 200
     seed: int = 0
+    accumulate: int = 1  # micro-batches per step: the gradient of a batch too large for memory, summed
 
 
 @dataclass(frozen=True)
@@ -108,38 +109,52 @@ class StyleGanTrainer:
     def train_step(self, real: torch.Tensor, _masks: torch.Tensor | None = None) -> dict[str, float]:
         real = self.runtime.to_device(real)
         batch = real.shape[0]
+        # Gradient accumulation: each loss is a mean over its micro-batch, weighted by its share, so
+        # the summed gradient is the full batch's (StyleGAN's --batch with less memory per pass).
+        chunks = real.split(-(-batch // max(1, self.config.accumulate)))
         # generator: make D call fakes real
         self.G.train()
-        z, mix_z, cutoff = self._latents(batch)
-        with self.runtime.autocast():
-            ws = self.G.styles(z, 1.0, mix_z, cutoff)
-            fake_logits = self._d(self.G.synthesis(ws))
-            loss_g = F.softplus(-fake_logits).mean()
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        loss_g_sum = 0.0
+        for chunk in chunks:
+            z, mix_z, cutoff = self._latents(chunk.shape[0])
+            with self.runtime.autocast():
+                ws = self.G.styles(z, 1.0, mix_z, cutoff)
+                fake_logits = self._d(self.G.synthesis(ws))
+                loss_g = F.softplus(-fake_logits).mean()
+            (loss_g * (chunk.shape[0] / batch)).backward()
+            loss_g_sum += loss_g.item() * chunk.shape[0]
+            self.G.mapping.track_mean(ws[:, 0].detach())
         self.opt_g.step()
-        self.G.mapping.track_mean(ws[:, 0])
         # discriminator: fakes fake, reals real
-        z, mix_z, cutoff = self._latents(batch)
-        with torch.no_grad(), self.runtime.autocast():
-            fake = self.G(z, 1.0, None, mix_z, cutoff)
-        with self.runtime.autocast():
-            d_fake, d_real = self._d(fake), self._d(real)
-            loss_d = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        loss_d_sum = d_real_sum = d_fake_sum = 0.0
+        for chunk in chunks:
+            z, mix_z, cutoff = self._latents(chunk.shape[0])
+            with torch.no_grad(), self.runtime.autocast():
+                fake = self.G(z, 1.0, None, mix_z, cutoff)
+            with self.runtime.autocast():
+                d_fake, d_real = self._d(fake), self._d(chunk)
+                loss_d = F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
+            (loss_d * (chunk.shape[0] / batch)).backward()
+            loss_d_sum += loss_d.item() * chunk.shape[0]
+            d_real_sum += d_real.sum().item()
+            d_fake_sum += d_fake.sum().item()
         self.opt_d.step()
-        record = {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "d_real": d_real.mean().item(),
-                  "d_fake": d_fake.mean().item()}
+        record = {"loss_g": loss_g_sum / batch, "loss_d": loss_d_sum / batch, "d_real": d_real_sum / batch,
+                  "d_fake": d_fake_sum / batch}
         # lazy R1 on reals: eager, fp32
         if self.config.r1_gamma > 0 and self.step % self.config.r1_interval == 0:
-            real_ = real.detach().float().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self._d(real_).sum(), real_, create_graph=True)
-            penalty = grad.square().sum(dim=(1, 2, 3)).mean()
             self.opt_d.zero_grad(set_to_none=True)
-            (penalty * (self.config.r1_gamma / 2) * self.config.r1_interval).backward()
+            penalty_sum = 0.0
+            for chunk in chunks:
+                real_ = chunk.detach().float().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self._d(real_).sum(), real_, create_graph=True)
+                penalty = grad.square().sum(dim=(1, 2, 3)).mean()
+                (penalty * (self.config.r1_gamma / 2) * self.config.r1_interval * (chunk.shape[0] / batch)).backward()
+                penalty_sum += penalty.item() * chunk.shape[0]
             self.opt_d.step()
-            self.carried["r1"] = penalty.item()
+            self.carried["r1"] = penalty_sum / batch
         record.update(self.carried)
         _ema_update(self.G_ema, self.G, batch, self.config.ema_kimg)
         self.step += 1
