@@ -109,11 +109,13 @@ def tracked_run(client: Any, experiment_id: str, resume_run_id: str | None, name
     client.set_terminated(run_id)
 
 
-def log_metrics(client: Any, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+def log_metrics(client: Any, run_id: str, metrics: Mapping[str, float | None], step: int | None = None) -> None:
+    """Numbers only: a None or NaN (an absent class has no score) is left out rather than logged as 0."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, int | float)]
+    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+             if isinstance(v, int | float) and math.isfinite(v)]
     client.log_batch(run_id, metrics=batch)
 
 

@@ -84,3 +84,43 @@ def test_memory_is_the_matrix_only() -> None:
     for _ in range(20):
         matrix.update(torch.randint(0, 7, (4, 64, 64)), torch.randint(0, 7, (4, 64, 64)))
     assert matrix.counts.shape == (7, 7) and matrix.total == 20 * 4 * 64 * 64
+
+
+def test_reported_evaluation_is_fp32_and_equals_sklearn(monkeypatch) -> None:
+    """`evaluate` scores in fp32 even on a bf16 runtime (bf16 is for labelling): test metrics equal
+    scikit-learn's on the fp32 predictions of a small split; an absent class is None, not 0."""
+    from aras_assets import mlflow_runs
+    from aras_assets.segmentation.training import evaluate, predict
+    from resources.device import TorchRuntime
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 7, 1).eval()
+    with torch.no_grad():
+        model.bias[6] = -1e4  # water is never predicted, and absent from the truth below
+    images = torch.randn(6, 3, 16, 16)
+    truth = torch.randint(0, 6, (6, 16, 16))
+    loader = [(images[:4], truth[:4]), (images[4:], truth[4:])]
+    calls: list[bool] = []
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: calls.append(True) or torch.amp.autocast(*a, **k))
+    bf16 = TorchRuntime("cpu", torch.bfloat16)
+    matrix, _ = evaluate(model, loader, bf16)
+    assert not calls  # no autocast for the reported scores
+    with torch.no_grad():
+        pred = model(images).argmax(1)
+    expected = sklearn_scores(truth.numpy().ravel(), pred.numpy().ravel())
+    s = matrix.scores()
+    assert {"f1": s.f1, "iou": s.iou, "precision": s.precision, "recall": s.recall, "accuracy": s.accuracy} == \
+        pytest.approx(expected, abs=1e-12)
+    scores = s.as_dict("test_")
+    assert scores["test_f1_water"] is None and scores["test_iou_water"] is None and scores["test_f1_tree"] is not None
+    with torch.no_grad():
+        predict(model, images, bf16)  # labelling keeps the runtime's autocast
+    assert calls
+
+    class Client:
+        def log_batch(self, run_id, metrics):
+            self.logged = {m.key: m.value for m in metrics}
+
+    client = Client()
+    mlflow_runs.log_metrics(client, "run", {**scores, "nan": float("nan")})
+    assert "test_f1_water" not in client.logged and "nan" not in client.logged and "test_f1" in client.logged

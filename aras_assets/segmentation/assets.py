@@ -287,7 +287,7 @@ def segmentation_eval(context: dg.AssetExecutionContext, settings: SettingsResou
         "mlflow_run_id": ref.run_id,
         "test_patches": len(test_set),
         "test_pixels": matrix.total,
-        **{k: round(100 * v, 2) for k, v in scores.as_dict("test_").items()},
+        **{k: None if v is None else round(100 * v, 2) for k, v in scores.as_dict("test_").items()},  # None: absent
         "table3": dg.MetadataValue.md(table3_markdown({arch: scores})),
         "table4": dg.MetadataValue.md(table4_markdown({arch: scores})),
         "all_architectures": dg.MetadataValue.path(str(storage.path(layout.SEGMENTATION_TABLES))),

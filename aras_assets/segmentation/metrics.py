@@ -62,12 +62,14 @@ class SegmentationScores:
     present: tuple[bool, ...]  # class seen in truth or prediction
     support: tuple[int, ...]  # true pixels per class
 
-    def as_dict(self, prefix: str = "") -> dict[str, float]:
-        """Flat numbers for MLflow: macro scores, then per-class F1 and IoU by class name."""
-        out = {f"{prefix}{k}": getattr(self, k) for k in ("f1", "iou", "precision", "recall", "accuracy")}
-        for name, f1, iou in zip(CLASS_NAMES, self.per_class_f1, self.per_class_iou, strict=False):
-            out[f"{prefix}f1_{name}"] = f1
-            out[f"{prefix}iou_{name}"] = iou
+    def as_dict(self, prefix: str = "") -> dict[str, float | None]:
+        """Flat numbers for MLflow: macro scores, then per-class F1 and IoU by class name; None for a
+        class absent from truth and prediction (no score, not a score of 0)."""
+        out: dict[str, float | None] = {f"{prefix}{k}": getattr(self, k) for k in ("f1", "iou", "precision", "recall",
+                                                                                    "accuracy")}
+        for name, f1, iou, present in zip(CLASS_NAMES, self.per_class_f1, self.per_class_iou, self.present, strict=False):
+            out[f"{prefix}f1_{name}"] = f1 if present else None
+            out[f"{prefix}iou_{name}"] = iou if present else None
         return out
 
 

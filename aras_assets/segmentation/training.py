@@ -4,6 +4,7 @@ best checkpoint kept, and resume from the last checkpoint after an interruption.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
@@ -120,16 +121,20 @@ def train_epoch(model: torch.nn.Module, forward: Callable, loader: torch.utils.d
     return total / max(images, 1), images, time.perf_counter() - start
 
 
-def predict(forward: Callable, image: torch.Tensor, runtime: TorchRuntime) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and per-pixel class of one batch already on the device."""
-    with runtime.autocast():
+def predict(forward: Callable, image: torch.Tensor, runtime: TorchRuntime,
+            fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and per-pixel class of one batch already on the device; under the runtime's autocast
+    (bf16 labels faster) unless `fp32`."""
+    with contextlib.nullcontext() if fp32 else runtime.autocast():
         logits = forward(image)
     return logits, logits.argmax(1)
 
 
 def evaluate(forward: Callable, loader: torch.utils.data.DataLoader, runtime: TorchRuntime,
-             loss_fn: Callable | None = None, num_classes: int = NUM_CLASSES) -> tuple[ConfusionMatrix, float]:
-    """Accumulate one confusion matrix over the loader (and the mean loss when given)."""
+             loss_fn: Callable | None = None, num_classes: int = NUM_CLASSES,
+             fp32: bool = True) -> tuple[ConfusionMatrix, float]:
+    """Accumulate one confusion matrix over the loader (and the mean loss when given). In fp32 by
+    default: reported scores must not move with the autocast precision (a few argmax ties flip in bf16)."""
     matrix = ConfusionMatrix(num_classes)
     total, images = 0.0, 0
     if isinstance(forward, torch.nn.Module):
@@ -137,7 +142,7 @@ def evaluate(forward: Callable, loader: torch.utils.data.DataLoader, runtime: To
     with torch.inference_mode():
         for image, mask in loader:
             image, mask = runtime.to_device(image), mask.to(runtime.torch_device, non_blocking=True)
-            logits, pred = predict(forward, image, runtime)
+            logits, pred = predict(forward, image, runtime, fp32)
             matrix.update(mask, pred)
             if loss_fn is not None:
                 total += float(loss_fn(logits, mask)) * image.shape[0]
