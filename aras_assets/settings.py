@@ -239,6 +239,10 @@ class Settings:
     gan_ema_kimg: float = rule(0.5, ge=0)  # half-life of the generator's moving average, thousands of images; 0 = none
     gan_augment: tuple[str, ...] = rule(("color", "translation", "cutout"),  # DiffAugment policy; () = off
                                         choices=("color", "translation", "cutout"))
+    # Adaptive augmentation (ADA's controller over the DiffAugment ops): the probability follows
+    # E[sign(D(real))] toward this target (StyleGAN's 0.6); 0 = the ops on every image.
+    gan_ada_target: float = rule(0.0, ge=0, lt=1)
+    gan_ada_kimg: float = rule(500.0, gt=0)  # thousands of images for the probability to go from 0 to 1
     gan_checkpoint_every: int = rule(100, ge=1)  # steps
     gan_fid_every: int = rule(200, ge=0)  # steps; 0 = only at the end
     gan_seed: int = rule(0, ge=0)
@@ -306,13 +310,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gan_mapping_layers": 8,
         "gan_channel_base": 16384,
         "gan_channel_max": 512,
-        # The release: --batch=256 --gamma=0.01 --mirror=1 --kimg 5000 --cbase 16384 (--aug=ada: we use
-        # DiffAugment; ADA is not implemented). 5,000 kimg / 256 images a step = 19,532 steps.
+        # The release: --batch=256 --gamma=0.01 --mirror=1 --aug=ada --kimg 5000 --cbase 16384 (for
+        # --aug=ada, ADA's controller over the DiffAugment ops). 5,000 kimg / 256 images a step = 19,532 steps.
         "gan_steps": 19_532,
         "gan_batch_size": 256,
         "gan_accumulate": 8,  # 8 passes of 32 images, the batch this profile ran in one pass before
         "gan_mirror": True,
         "gan_r1_gamma": 0.01,
+        "gan_ada_target": 0.6,  # --aug=ada: its controller, over the DiffAugment ops (not ADA's 18 transforms)
         "gan_ema_kimg": 10.0,
         "gan_checkpoint_every": 5000,
         "gan_fid_every": 50_000,

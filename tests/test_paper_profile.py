@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from aras_assets.cli import main
+from aras_assets.generation.augment import ada_step, diff_augment
 from aras_assets.generation.configs import uncond_recipe
 from aras_assets.generation.data import GanPatches
 from aras_assets.generation.stylegan import StyleGanConfig
@@ -43,13 +44,14 @@ def test_aras_settings_paper_prints_the_release_recipe(capsys: pytest.CaptureFix
     kimg = s["gan_steps"] * s["gan_batch_size"] / 1000
     assert RELEASE_STYLEGAN["kimg"] <= kimg < RELEASE_STYLEGAN["kimg"] + s["gan_batch_size"] / 1000  # 19,532 steps
     assert s["gan_resolution"] == 256 and s["gan_z_dim"] == s["gan_w_dim"] == 512 and s["gan_mapping_layers"] == 8
+    assert s["gan_ada_target"] == 0.6  # --aug=ada: ADA's target of E[sign(D(real))]
     assert s["seg_encoders"]["segformer"] == "efficientnet-b7"
     # captions: the release's prompts and sampling, one caption per (mode, model)
     assert s["caption_percent_format"] == "release" and s["caption_max_tokens"] == 100
     assert s["caption_temperature"] == {"text": 0.7, "hybrid": 0.0} and s["caption_top_p"] == {"text": 0.8}
     assert s["captions_per_image"] == 1
     recipe = uncond_recipe(load_settings("paper", environ={}))
-    assert (recipe.batch_size, recipe.accumulate, recipe.r1_gamma) == (256, s["gan_accumulate"], 0.01)
+    assert (recipe.batch_size, recipe.accumulate, recipe.r1_gamma, recipe.ada_target) == (256, s["gan_accumulate"], 0.01, 0.6)
     demo = printed_settings(capsys, "--profile", "demo")
     assert demo["gan_mirror"] is False and demo["gan_accumulate"] == 1
 
@@ -106,3 +108,32 @@ def test_gradient_accumulation_gives_the_full_batch_gradient(monkeypatch, one_th
     assert len(whole) == len(split)
     for a, b in zip(whole, split, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_ada_controller_moves_the_augmentation_probability() -> None:
+    # D sure of the reals (r_t above the target): augment more; unsure: less; within [0, 1]
+    assert ada_step(0.0, 0.9, 0.6, 256, 500) == pytest.approx(256 / 500_000)
+    assert ada_step(0.5, 0.2, 0.6, 256, 500) == pytest.approx(0.5 - 256 / 500_000)
+    assert ada_step(0.0, 0.2, 0.6, 256, 500) == 0.0 and ada_step(1.0, 1.0, 0.6, 256, 0.1) == 1.0
+    assert ada_step(0.3, 0.6, 0.6, 256, 500) == 0.3
+    x = torch.rand(6, 3, 8, 8)
+    assert torch.equal(diff_augment(x, ("color", "translation", "cutout"), 0.0), x)
+    torch.manual_seed(1)
+    some = diff_augment(x, ("cutout",), 0.5)
+    changed = [not torch.equal(a, b) for a, b in zip(some, x, strict=True)]
+    assert any(changed) and not all(changed)  # per image, with probability p
+
+
+def test_trainer_logs_and_carries_the_ada_probability(monkeypatch, one_thread) -> None:
+    config = StyleGanConfig(resolution=8, z_dim=8, w_dim=8, mapping_layers=1, channel_base=32, channel_max=8)
+    trainer = StyleGanTrainer(config, GanTrainConfig(batch_size=4, r1_interval=4, ada_target=0.6, ada_kimg=0.01),
+                              TorchRuntime("cpu"))
+    discriminator = trainer.D
+    monkeypatch.setattr(trainer, "D", lambda images: discriminator(images) * 0 + 1)  # sure of everything: r_t = 1
+    monkeypatch.setattr(trainer.opt_d, "step", lambda: None)
+    real = torch.rand(4, 3, 8, 8) * 2 - 1
+    first = trainer.train_step(real)
+    # 4 images at ada_kimg 0.01: p rises by 0.4 a step; `carried` is what checkpoints save and restore
+    assert first["augment_p"] == pytest.approx(0.4) and trainer.carried["augment_p"] == pytest.approx(0.4)
+    assert trainer.train_step(real)["augment_p"] == pytest.approx(0.8)
+    assert "augment_p" not in StyleGanTrainer(config, GanTrainConfig(batch_size=4), TorchRuntime("cpu")).carried

@@ -45,7 +45,21 @@ def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     return x * (~hole)[:, None].to(x.dtype)
 
 
-def diff_augment(x: torch.Tensor, policy: tuple[str, ...]) -> torch.Tensor:
+def diff_augment(x: torch.Tensor, policy: tuple[str, ...], p: float = 1.0) -> torch.Tensor:
+    """Each op of the policy on every image (p = 1), or on each image with probability p (the
+    adaptive probability of ADA, Karras et al. 2020, over these ops)."""
     for name in policy:
-        x = {"color": color, "translation": translation, "cutout": cutout}[name](x)
+        op = {"color": color, "translation": translation, "cutout": cutout}[name]
+        if p >= 1:
+            x = op(x)
+        elif p > 0:
+            chosen = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < p
+            x = torch.where(chosen, op(x), x)
     return x
+
+
+def ada_step(p: float, real_sign: float, target: float, images: int, ada_kimg: float) -> float:
+    """ADA's controller: r_t = E[sign(D(real))] above `target` means D overfits, so augment more;
+    p moves by images / (ada_kimg * 1000) per step (0 to 1 in ada_kimg thousand images) in [0, 1]."""
+    direction = (real_sign > target) - (real_sign < target)
+    return min(1.0, max(0.0, p + direction * images / (ada_kimg * 1000.0)))

@@ -26,7 +26,7 @@ def uncond_recipe(s: Settings) -> GanTrainConfig:
                           r1_interval=s.gan_r1_interval, style_mixing=s.gan_style_mixing, ema_kimg=s.gan_ema_kimg,
                           augment=tuple(s.gan_augment), checkpoint_every=s.gan_checkpoint_every,
                           fid_every=s.gan_fid_every, seed=s.gan_seed,
-                          accumulate=s.gan_accumulate)
+                          accumulate=s.gan_accumulate, ada_target=s.gan_ada_target, ada_kimg=s.gan_ada_kimg)
 
 
 def cond_recipe(s: Settings, perceptual: bool) -> CondTrainConfig:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from aras_assets.generation.augment import diff_augment
+from aras_assets.generation.augment import ada_step, diff_augment
 from aras_assets.generation.data import GenerationError
 from aras_assets.generation.spade import SpadeConfig, SpadeGenerator, UNetDiscriminator, cutmix_masks
 from aras_assets.generation.stylegan import StyleDiscriminator, StyleGanConfig, StyleGenerator
@@ -53,6 +53,8 @@ class GanTrainConfig:
     fid_every: int = 200
     seed: int = 0
     accumulate: int = 1  # micro-batches per step: the gradient of a batch too large for memory, summed
+    ada_target: float = 0.0  # > 0: adaptive augmentation probability toward this E[sign(D(real))]; 0: always augment
+    ada_kimg: float = 500.0  # thousands of images for the probability to go from 0 to 1
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class StyleGanTrainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=config.lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8)
         self.step = 0
         self.carried = {"r1": 0.0}  # the latest lazy penalty, so every record has the same keys
+        if config.ada_target > 0:  # the augmentation probability rides in `carried`: logged and resumed
+            self.carried["augment_p"] = 0.0
 
     def _latents(self, batch: int) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
         device = self.runtime.torch_device
@@ -104,7 +108,7 @@ class StyleGanTrainer:
         return z, None, None
 
     def _d(self, images: torch.Tensor) -> torch.Tensor:
-        return self.D(diff_augment(images, self.config.augment)).float()
+        return self.D(diff_augment(images, self.config.augment, self.carried.get("augment_p", 1.0))).float()
 
     def train_step(self, real: torch.Tensor, _masks: torch.Tensor | None = None) -> dict[str, float]:
         real = self.runtime.to_device(real)
@@ -128,7 +132,7 @@ class StyleGanTrainer:
         self.opt_g.step()
         # discriminator: fakes fake, reals real
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d_sum = d_real_sum = d_fake_sum = 0.0
+        loss_d_sum = d_real_sum = d_fake_sum = sign_sum = 0.0
         for chunk in chunks:
             z, mix_z, cutoff = self._latents(chunk.shape[0])
             with torch.no_grad(), self.runtime.autocast():
@@ -140,7 +144,11 @@ class StyleGanTrainer:
             loss_d_sum += loss_d.item() * chunk.shape[0]
             d_real_sum += d_real.sum().item()
             d_fake_sum += d_fake.sum().item()
+            sign_sum += d_real.sign().sum().item()
         self.opt_d.step()
+        if self.config.ada_target > 0:
+            self.carried["augment_p"] = ada_step(self.carried["augment_p"], sign_sum / batch, self.config.ada_target,
+                                                 batch, self.config.ada_kimg)
         record = {"loss_g": loss_g_sum / batch, "loss_d": loss_d_sum / batch, "d_real": d_real_sum / batch,
                   "d_fake": d_fake_sum / batch}
         # lazy R1 on reals: eager, fp32
