@@ -28,6 +28,7 @@ import dagster as dg
 from aras_assets.cron import parse_cron
 from aras_assets.errors import BadInputError
 from aras_assets.grid import Footprint
+from aras_assets.captions.prompts import PERCENT_FORMATS
 from aras_assets.landcover import DEFAULT_REMAP, validate_remap
 
 S2_BUCKET_TEMPLATE = "s3://esa-worldcover-s2/rgbnir/2021/{lat_band}/ESA_WorldCover_10m_2021_v200_{tile}_S2RGBNIR.tif"
@@ -217,7 +218,7 @@ class Settings:
         choices=CAPTION_MODES, check=_per_mode_range(1e-6, 1), says=" with values in (0, 1]"))
     caption_max_tokens: int = rule(100, ge=1)  # the release: at most 100 new tokens
     # Percentages in {class_info}: "release" = Python's round to 2 places (8.2%); "two_decimals" = 8.20%.
-    caption_percent_format: str = rule("release", choices=("release", "two_decimals"))
+    caption_percent_format: str = rule("release", choices=PERCENT_FORMATS)
     caption_prompts: dict[str, str] = field(default_factory=dict,
                                               metadata=limits(choices=("text", "text_system", "vision", "hybrid")))
     # Generation, unconditional style-based GAN (gan_*): size, widths and the training recipe.
