@@ -25,10 +25,10 @@ from typing import Any
 
 import dagster as dg
 
+from aras_assets.captions.prompts import PERCENT_FORMATS
 from aras_assets.cron import parse_cron
 from aras_assets.errors import BadInputError
 from aras_assets.grid import Footprint
-from aras_assets.captions.prompts import PERCENT_FORMATS
 from aras_assets.landcover import DEFAULT_REMAP, validate_remap
 
 S2_BUCKET_TEMPLATE = "s3://esa-worldcover-s2/rgbnir/2021/{lat_band}/ESA_WorldCover_10m_2021_v200_{tile}_S2RGBNIR.tif"
