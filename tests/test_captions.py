@@ -207,8 +207,9 @@ def test_caption_job_samples_each_mode_as_the_release(tmp_path: Path) -> None:
     seen: list[tuple[str, float | None]] = []
     recorded = CaptionJob(("text", "hybrid"), prompt_templates(), "openai", "m", Recorder(), the_job.sampling,
                           the_job.mode_sampling)
-    for path in (tmp_path / "png.png",):
-        path.write_bytes(b"")
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "png.png")
     caption_partition(composition_rows(1).with_columns(pl.lit(str(tmp_path / "png.png")).alias("image_path")), "real",
                       recorded, tmp_path / "out")
     assert seen == [("An image", 0.7), ("This rem", 0.0)]
