@@ -95,18 +95,18 @@ def test_gpu_pool_keeps_gpu_steps_apart(dagster_dev: DagsterDev):
 
 def test_asset_graph_renders_in_headless_chromium(dagster_dev: DagsterDev, chromium: str, artifacts: Path,
                                                  tmp_path: Path):
-    """The lineage graph of the `sources` group, rendered by the UI's JavaScript: asset names in the
-    DOM, and a screenshot kept as an artifact."""
+    """The lineage graphs of the first three groups (catalog, patches, splits), rendered by the UI's
+    JavaScript: each group's asset name in the DOM, and a screenshot kept as an artifact."""
     dagster_dev.graphql("mutation { setNuxSeen }")  # no first-visit community dialog over the graph
-    url = f"{dagster_dev.url}/locations/{REPOSITORY}@{ARAS_LOCATION}/asset-groups/sources"
     base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
             "--window-size=1600,1000", "--virtual-time-budget=20000"]
-    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    (artifacts / "asset_graph.html").write_text(dom.stdout)
-    for name in ("tile_catalog", "real_patches", "splits"):
-        assert f">{name}<" in dom.stdout, f"{name} not in the rendered asset graph (DOM saved in {artifacts})"
+    for group, name in (("catalog", "tile_catalog"), ("patches", "real_patches"), ("splits", "splits")):
+        url = f"{dagster_dev.url}/locations/{REPOSITORY}@{ARAS_LOCATION}/asset-groups/{group}"
+        dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        (artifacts / f"asset_graph_{group}.html").write_text(dom.stdout)
+        assert f">{name}<" in dom.stdout, f"{name} not in the rendered {group} graph (DOM saved in {artifacts})"
     shot = artifacts / "asset_graph.png"
     result = subprocess.run([*base, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
