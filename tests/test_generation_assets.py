@@ -133,6 +133,7 @@ def test_fid_of_both_sets_beside_the_paper(gans) -> None:
 def test_generation_without_a_generator_names_the_asset(sample_region: Path, tmp_path: Path) -> None:
     root = tmp_path / "data"
     with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("gen_shard", ["0000"])  # a shard of another run's gen_shards
         result = materialize([uncond_images], make_resources(root, sample_region), instance, "0000", raise_on_error=False)
     assert not result.success and "materialize uncond_gan first" in failure_message(result)
 
