@@ -142,7 +142,7 @@ def test_caption_endpoint_down_for_40_s_then_up_materializes(data_root: Path, sa
     def come_up() -> None:  # nothing listens on the port for the first 40 s: connection refused
         server = ThreadingHTTPServer(("127.0.0.1", port), _Captioner)
         servers.append(server)
-        server.serve_forever(poll_interval=0.05)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     resources = make_resources(data_root, sample_region, caption_modes='["text"]', captions_per_image="2",
                                retry_window_s="120")
