@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --no-cache-dir --upgrade pip
 
+# No pip cache: the torch build alone is several GB, and a second copy of it in the cache can
+# fill a small disk.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-cache-dir -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

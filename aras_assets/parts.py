@@ -44,12 +44,12 @@ class PartsWriter:
         frame = frame.match_to_schema(self.schema, missing_columns="insert")
         return frame.unique(unique, keep="first") if unique else frame
 
-    def done(self, key_column: str) -> set[str]:
-        """The keys some part already holds."""
-        files = self.files()
-        if not files:
-            return set()
-        return set(pl.scan_parquet(files).select(key_column).unique().collect()[key_column].to_list())
+    def done(self, key_column: str, where: pl.Expr | None = None) -> set[str]:
+        """The keys some part already holds (in rows matching `where`, when given)."""
+        frame = self.read()
+        if where is not None:
+            frame = frame.filter(where)
+        return set(frame[key_column].unique().to_list())
 
     def write(self, frame: pl.DataFrame, name: str) -> Path:
         """One finished batch as part `name` (readers never see half a part)."""
@@ -61,10 +61,14 @@ class PartsWriter:
         self.path(name).unlink(missing_ok=True)
 
     def combine(self, order: Sequence[str] | pl.Series, key_column: str, out_file: Path, unique: str | None = None,
-                then_by: Sequence[str | pl.Expr] = ()) -> pl.DataFrame:
-        """The parts' rows whose `key_column` is in `order`, sorted by its position there (then
-        by `then_by`), one row per `unique` value (default: per key), written to `out_file`."""
-        frame = self.read(unique or key_column)
+                then_by: Sequence[str | pl.Expr] = (), where: pl.Expr | None = None) -> pl.DataFrame:
+        """The parts' rows whose `key_column` is in `order` (and that match `where`), sorted by
+        its position there (then by `then_by`), one row per `unique` value (default: per key),
+        written to `out_file`."""
+        frame = self.read()
+        if where is not None:
+            frame = frame.filter(where)
+        frame = frame.unique(unique or key_column, keep="first")
         rank = pl.DataFrame({key_column: pl.Series(list(order), dtype=frame.schema[key_column])}).with_row_index(ORDER)
         combined = frame.join(rank, on=key_column, how="inner").sort([ORDER, *then_by]).drop(ORDER)
         write_parquet_atomic(combined, out_file)

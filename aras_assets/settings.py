@@ -36,6 +36,12 @@ WC_BUCKET_TEMPLATE = "s3://esa-worldcover/v200/2021/map/ESA_WorldCover_10m_2021_
 
 
 CAPTION_MODES = ("text", "vision", "hybrid")
+CAPTION_BACKENDS = ("offline", "openai", "vllm")
+# The paper's Table 2: five (method, model) pairs, one caption each per image, and the models
+# the release ran for them.
+PAPER_CAPTION_PLAN = ("text:Qwen3-4B", "vision:Gemma3-4B", "vision:Qwen3-VL-8B", "hybrid:Gemma3-4B", "hybrid:Qwen3-VL-8B")
+PAPER_CAPTION_MODELS = {"Qwen3-4B": "Qwen/Qwen3-4B-Instruct-2507", "Gemma3-4B": "google/gemma-3-4b-it",
+                        "Qwen3-VL-8B": "Qwen/Qwen3-VL-8B-Instruct"}
 SEG_ARCHS = ("unet", "unetplusplus", "pan", "deeplabv3plus", "segformer", "fpn")
 # Small encoders keep the demo on a CPU in minutes.
 DEMO_ENCODERS = {arch: "tu-mobilenetv3_small_050" for arch in SEG_ARCHS} | {"segformer": "mit_b0"}
@@ -131,10 +137,26 @@ def _encoders_problem(encoders: dict[str, str]) -> str | None:
 
 
 def _per_mode_range(low: float, high: float) -> Callable[[dict[str, float]], str | None]:
-    """A check that every value of a per-mode mapping lies in [low, high]."""
+    """A check that a per-method (or per-pair) mapping has known keys and values in [low, high]."""
     def problem(values: dict[str, float]) -> str | None:
+        unknown = [k for k in values if k.split(":", 1)[0] not in CAPTION_MODES]
+        if unknown:
+            return f"names {', '.join(map(repr, unknown))}, not a method or method:Model"
         return None if all(low <= v <= high for v in values.values()) else "is out of range"
     return problem
+
+
+def _plan_problem(plan: tuple[str, ...]) -> str | None:
+    wrong = [p for p in plan if p.count(":") != 1 or p.split(":")[0] not in CAPTION_MODES or not p.split(":")[1].strip()]
+    if wrong:
+        return f"has {', '.join(map(repr, wrong))}, not method:Model"
+    repeated = sorted({p for p in plan if plan.count(p) > 1})
+    return f"repeats {', '.join(map(repr, repeated))}" if repeated else None
+
+
+def _backends_problem(backends: dict[str, str]) -> str | None:
+    wrong = [f"{k}={v}" for k, v in backends.items() if v not in CAPTION_BACKENDS]
+    return f"has {', '.join(wrong)}, not a backend" if wrong else None
 
 
 def _power_of_two_problem(n: int) -> str | None:
@@ -204,18 +226,29 @@ class Settings:
     seg_loader_workers: int = rule(0, ge=0)  # DataLoader worker processes; 0 reads in the training process
     label_batch_size: int = rule(16, ge=1)
     label_model: str = "champion"  # who labels images: champion, <arch>, <arch>/<version> or <arch>@<alias>
-    # Captions: modes, captions per image (the release: 5), sampling of model backends, and
-    # prompt templates replacing the release's (keys text, text_system, vision, hybrid).
+    # Captions: the plan of (method, model) pairs as the paper's Table 2, each "method:Model";
+    # caption_modes keeps the pairs of the methods it names. Each pair writes captions_per_image
+    # captions per image. caption_models: what each model name's backend serves or loads;
+    # caption_backends: a model name's backend (offline, openai, vllm; default: the captioner
+    # resource's). Sampling per method or per pair, and prompt templates replacing the release's
+    # (keys text, text_system, vision, hybrid).
+    caption_plan: tuple[str, ...] = rule(PAPER_CAPTION_PLAN, nonempty=True, check=_plan_problem,
+                                         says=' of "method:Model" pairs, method one of text, vision, hybrid')
+    caption_models: dict[str, str] = field(default_factory=lambda: dict(PAPER_CAPTION_MODELS),
+                                           metadata=limits(nonempty=True))
+    caption_backends: dict[str, str] = field(default_factory=dict, metadata=limits(
+        check=_backends_problem, says=" with values offline, openai or vllm"))
     caption_modes: tuple[str, ...] = rule(CAPTION_MODES, choices=CAPTION_MODES, nonempty=True)
-    captions_per_image: int = rule(5, ge=1)
+    captions_per_image: int = rule(1, ge=1)
     caption_seed: int = rule(0, ge=0)
     caption_batch_size: int = rule(64, ge=1)
-    # Sampling per mode, as the release: Text temperature 0.7 / top_p 0.8, Hybrid greedy (temperature 0),
-    # Vision the model's own defaults. A mode absent from a mapping sends nothing for it (model default).
+    # Sampling per method (or per pair, keyed "method:Model"), as the release: Text temperature
+    # 0.7 / top_p 0.8, Hybrid greedy (temperature 0), Vision the model's own defaults. A method
+    # absent from a mapping sends nothing for it (model default).
     caption_temperature: dict[str, float] = field(default_factory=lambda: {"text": 0.7, "hybrid": 0.0}, metadata=limits(
-        choices=CAPTION_MODES, check=_per_mode_range(0, 2), says=" with values in [0, 2]"))
+        check=_per_mode_range(0, 2), says=" with values in [0, 2], keyed by method or method:Model"))
     caption_top_p: dict[str, float] = field(default_factory=lambda: {"text": 0.8}, metadata=limits(
-        choices=CAPTION_MODES, check=_per_mode_range(1e-6, 1), says=" with values in (0, 1]"))
+        check=_per_mode_range(1e-6, 1), says=" with values in (0, 1], keyed by method or method:Model"))
     caption_max_tokens: int = rule(100, ge=1)  # the release: at most 100 new tokens
     # Percentages in {class_info}: "release" = Python's round to 2 places (8.2%); "two_decimals" = 8.20%.
     caption_percent_format: str = rule("release", choices=PERCENT_FORMATS)
@@ -302,8 +335,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seg_eval_batch_size": 64,
         "seg_loader_workers": 8,
         "label_batch_size": 64,
-        # One caption per (mode, model) as the release's Table 2 pairs; Hybrid is greedy, so more would repeat.
-        "captions_per_image": 1,
         # StyleGAN2 configuration at 256 px (the release trained StyleGAN2 in the StyleGAN3 code base).
         "gan_resolution": 256,
         "gan_z_dim": 512,
@@ -479,6 +510,13 @@ def _validate(s: Settings, shown: Mapping[str, str] | None = None) -> None:
         problem = r.problem(value)
         if problem:
             raise SettingsError(f"setting {name}: {(shown or {}).get(name, repr(value))} {problem} ({allowed(name)})")
+    unknown = [p for p in s.caption_plan if p.split(":", 1)[1] not in s.caption_models]
+    if unknown:
+        raise SettingsError(f"setting caption_plan: {', '.join(map(repr, unknown))} names a model not in caption_models "
+                            f"({', '.join(s.caption_models)}); add it there with what its backend serves")
+    if not any(p.split(":", 1)[0] in s.caption_modes for p in s.caption_plan):
+        raise SettingsError(f"setting caption_modes: {list(s.caption_modes)} keeps no pair of caption_plan "
+                            f"{list(s.caption_plan)}")
 
 class SettingsResource(dg.ConfigurableResource):
     """The active profile and overrides, as a resource so the launchpad can change them per run."""

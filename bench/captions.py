@@ -39,7 +39,7 @@ from region import even_picks, region_crops  # bench/region.py
 
 from aras_assets.captions.captioning import caption_seed
 from aras_assets.captions.composition import Composition, compute_composition
-from aras_assets.captions.evaluation import PAPER_REDUNDANCY, PAPER_TABLE2, redundancy, redundancy_table
+from aras_assets.captions.evaluation import PAPER_REDUNDANCY, paper_mode_redundancy, redundancy, redundancy_table
 from aras_assets.captions.offline import offline_captions
 from aras_assets.ids import PATCH_SIZE
 from aras_assets.layout import CAPTION_MODES
@@ -318,7 +318,8 @@ def run(args: argparse.Namespace) -> None:
     print("redundancy found (exact / normalized, % of captions repeated; the paper's Table 2 beside):")
     for row in table.iter_rows(named=True):
         key = (row["origin"], row["mode"])
-        paper = PAPER_TABLE2.get(key, PAPER_REDUNDANCY["overall"] if key == ("all", "all") else None)
+        subset = key[0] if key[0] in ("all", "real") else "synthetic"
+        paper = PAPER_REDUNDANCY["overall"] if key == ("all", "all") else paper_mode_redundancy(subset, key[1])
         paper_text = f"; paper {paper:.2f}%" if paper is not None else ""
         print(f"  {row['origin']:>9} {row['mode']:>6}: {row['redundancy_pct']:6.2f}% / {row['redundancy_norm_pct']:6.2f}% "
               f"({row['captions']} captions, {row['unique']} unique{paper_text})")

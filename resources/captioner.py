@@ -369,7 +369,7 @@ class CaptionerResource(dg.ConfigurableResource):
 
     backend: Literal["offline", "openai", "vllm"] = "offline"
     endpoint: str = ""
-    model: str = ""
+    model: str = ""  # served to every pair of the caption plan when set; blank: each pair's caption_models entry
     timeout_s: float = 60.0
     retries: int = 3
     concurrency: int = 8
@@ -378,11 +378,15 @@ class CaptionerResource(dg.ConfigurableResource):
     max_num_seqs: int = 64
     gpu_memory_utilization: float = 0.9
 
-    def client(self) -> OpenAICompatibleClient | VllmEngine | None:
-        if self.backend == "offline":
+    def client(self, backend: str | None = None, model: str | None = None) -> OpenAICompatibleClient | VllmEngine | None:
+        """A client for `backend` and `model` (default: this resource's); the caption plan asks
+        one per (method, model) pair."""
+        backend = backend or self.backend
+        model = model or self.model
+        if backend == "offline":
             return None
-        if self.backend == "openai":
-            missing = [name for name in ("endpoint", "model") if not getattr(self, name)]
+        if backend == "openai":
+            missing = [name for name, value in (("endpoint", self.endpoint), ("model", model)) if not value]
             if missing:
                 raise CaptionerConfigError(
                     f"captioner backend 'openai' needs {' and '.join(missing)} "
@@ -391,23 +395,18 @@ class CaptionerResource(dg.ConfigurableResource):
             api_key = os.environ.get(API_KEY_ENV, "")
             return OpenAICompatibleClient(
                 self.endpoint,
-                self.model,
+                model,
                 api_key=api_key,
                 timeout_s=self.timeout_s,
                 retries=self.retries,
                 concurrency=self.concurrency,
             )
-        if not self.model:
+        if not model:
             raise CaptionerConfigError("captioner backend 'vllm' needs model (a Hugging Face id or a local path)")
         return VllmEngine(
-            self.model,
+            model,
             max_model_len=self.max_model_len,
             limit_mm_per_prompt=self.limit_mm_per_prompt,
             max_num_seqs=self.max_num_seqs,
             gpu_memory_utilization=self.gpu_memory_utilization,
         )
-
-    @property
-    def model_label(self) -> str:
-        """What caption rows record as their model: `offline`, or the model name."""
-        return "offline" if self.backend == "offline" else self.model

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import polars as pl
 
-from aras_assets.captions.captioning import CaptionJob
+from aras_assets.captions.captioning import CaptionJob, CaptionPair
 from aras_assets.captions.composition import SHARE_COLUMNS, compute_composition
 from aras_assets.captions.prompts import prompt_templates
 from resources.captioner import SamplingConfig
@@ -38,5 +38,11 @@ class SlowClient:
         return [[f"{r.user[:30]} #{s} v{k}" for k in range(sampling.n)] for r, s in zip(requests, seeds, strict=True)]
 
 
+def text_job(client, n: int, seed: int = 1, model: str = "test-model") -> CaptionJob:
+    """A one-pair plan (text x `model` through an openai-style client)."""
+    pair = CaptionPair("text", model, "openai", model, SamplingConfig(n=n, seed=seed))
+    return CaptionJob((pair,), prompt_templates(), lambda _pair: client)
+
+
 def slow_job() -> CaptionJob:
-    return CaptionJob(("text",), prompt_templates(), "openai", "test-model", SlowClient(), SamplingConfig(n=3, seed=1))
+    return text_job(SlowClient(), n=3)

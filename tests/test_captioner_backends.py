@@ -404,7 +404,8 @@ def test_vllm_unset_sampling_takes_the_model_defaults(monkeypatch):
 
 def test_resource_offline_and_validation():
     offline = CaptionerResource()
-    assert offline.client() is None and offline.model_label == "offline"
+    assert offline.client() is None
+    assert offline.client("vllm", "org/pair-model").model == "org/pair-model"  # a plan pair's backend and model
     with pytest.raises(ValueError, match="endpoint"):
         CaptionerResource(backend="openai", model="m").client()
     with pytest.raises(ValueError, match="model"):
@@ -419,7 +420,7 @@ def test_resource_openai_reads_key_from_env(server, monkeypatch):
     client = resource.client()
     assert isinstance(client, OpenAICompatibleClient)
     assert client.api_key == "from-env" and client.url == f"{server.base_url}/chat/completions"
-    assert resource.model_label == MODEL
+    assert client.model == MODEL and resource.client("openai", "other").model == "other"
     server.expect_key, server.sampling = "from-env", SamplingConfig(n=1)
     assert client.caption([ChatRequest("x")], server.sampling) == [["seed=0 caption 0"]]
     monkeypatch.delenv("ARAS_CAPTIONER_API_KEY")
@@ -430,6 +431,6 @@ def test_resource_vllm_does_not_import_vllm(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     resource = CaptionerResource(backend="vllm", model="org/vlm", max_model_len=2048, limit_mm_per_prompt=2)
     engine = resource.client()
-    assert isinstance(engine, VllmEngine) and resource.model_label == "org/vlm"
+    assert isinstance(engine, VllmEngine) and engine.model == "org/vlm"
     kwargs = engine.engine_kwargs()
     assert kwargs["max_model_len"] == 2048 and kwargs["limit_mm_per_prompt"] == {"image": 2}

@@ -3,6 +3,7 @@ captioner, resumable captioning, redundancy and consistency, and the caption ass
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -15,9 +16,10 @@ from aras_assets.captions.composition import SHARE_COLUMNS, CompositionError, co
 from aras_assets.captions.evaluation import consistency, mentions, redundancy, redundancy_table
 from aras_assets.captions.offline import offline_captions
 from aras_assets.captions.prompts import RELEASE_PROMPTS, PromptTemplateError, class_info, prompt_templates
+from aras_assets.settings import PAPER_CAPTION_PLAN
 from resources.captioner import CaptionBackendError, SamplingConfig
 from resources.clip import ClipResource
-from tests.caption_fixtures import composition_rows
+from tests.caption_fixtures import composition_rows, text_job
 from tests.test_clipscore import TINY, tiny_weights  # noqa: F401 (a fixture)
 
 TREE, SHRUB, GRASS, CROP, BUILT, BARREN, WATER = range(7)
@@ -167,7 +169,7 @@ class FlakyClient:
 
 
 def job(client) -> CaptionJob:
-    return CaptionJob(("text",), prompt_templates(), "openai", "test-model", client, SamplingConfig(n=5, seed=1))
+    return text_job(client, n=5)
 
 
 def test_crash_and_resume_without_duplicates(tmp_path: Path) -> None:
@@ -193,11 +195,13 @@ def test_caption_job_samples_each_mode_as_the_release(tmp_path: Path) -> None:
     from resources.captioner import CaptionerResource
 
     the_job = caption_job(SettingsResource(), CaptionerResource())
-    got = {m: the_job.sampling_for(m) for m in ("text", "vision", "hybrid")}
-    assert (got["text"].temperature, got["text"].top_p) == (0.7, 0.8)
-    assert (got["hybrid"].temperature, got["hybrid"].top_p) == (0.0, None)
-    assert (got["vision"].temperature, got["vision"].top_p) == (None, None)
-    assert {s.max_tokens for s in got.values()} == {100}
+    assert [p.name for p in the_job.pairs] == ["text:Qwen3-4B", "vision:Gemma3-4B", "vision:Qwen3-VL-8B",
+                                               "hybrid:Gemma3-4B", "hybrid:Qwen3-VL-8B"]
+    got = {p.name: p.sampling for p in the_job.pairs}
+    assert (got["text:Qwen3-4B"].temperature, got["text:Qwen3-4B"].top_p) == (0.7, 0.8)
+    assert {(got[p].temperature, got[p].top_p) for p in ("hybrid:Gemma3-4B", "hybrid:Qwen3-VL-8B")} == {(0.0, None)}
+    assert {(got[p].temperature, got[p].top_p) for p in ("vision:Gemma3-4B", "vision:Qwen3-VL-8B")} == {(None, None)}
+    assert {s.max_tokens for s in got.values()} == {100} and {s.n for s in got.values()} == {1}
 
     class Recorder(FlakyClient):
         def caption(self, requests, sampling, seeds):
@@ -205,8 +209,8 @@ def test_caption_job_samples_each_mode_as_the_release(tmp_path: Path) -> None:
             return super().caption(requests, sampling, seeds)
 
     seen: list[tuple[str, float | None]] = []
-    recorded = CaptionJob(("text", "hybrid"), prompt_templates(), "openai", "m", Recorder(), the_job.sampling,
-                          the_job.mode_sampling)
+    kept = tuple(p for p in the_job.pairs if p.name in ("text:Qwen3-4B", "hybrid:Gemma3-4B"))
+    recorded = dataclasses.replace(the_job, pairs=kept, client_for=lambda pair: Recorder())
     from PIL import Image
 
     Image.new("RGB", (4, 4)).save(tmp_path / "png.png")
@@ -248,8 +252,15 @@ def test_caption_assets_on_the_sample_region(resources, instance, data_root, tin
     meta = {k: v.value for k, v in result.asset_materializations_for_node("caption_eval")[0].metadata.items()}
     captions = pl.concat([pl.read_parquet(data_root / "captions" / "real" / t / "captions.parquet") for t in tiles])
     patches = pl.concat([pl.read_parquet(data_root / "patches" / t / "manifest.parquet") for t in tiles])
-    assert captions.height == patches.height * 3 * 5 == meta["captions"]
-    assert captions.group_by("image_id", "mode").len()["len"].unique().to_list() == [5]
+    # The paper's plan through the offline captioner: five captions per image, one per (method, model) pair.
+    assert captions.height == patches.height * 5 == meta["captions"]
+    per_image = captions.group_by("image_id", maintain_order=True).agg(pl.concat_str("mode", pl.lit(":"), "model"))
+    assert per_image["mode"].to_list() == [list(PAPER_CAPTION_PLAN)] * patches.height
+    table2 = pl.read_parquet(data_root / "eval" / "captions" / "table2.parquet")
+    assert table2.select("subset", "model", "mode").rows() == [
+        (subset, *reversed(pair.split(":"))) for subset in ("all", "real") for pair in PAPER_CAPTION_PLAN]
+    assert table2["captions"].to_list() == [patches.height] * 10 and table2["paper_redundancy_pct"][0] == 46.45
+    assert "| all | Qwen3-VL-8B | hybrid |" in meta["table2"]
     assert set(captions["backend"]) == {"offline"} and captions["caption_id"].n_unique() == captions.height
     assert meta["redundancy_pct"] < 5.0
     assert meta["contradicting_captions"] == 0
@@ -267,8 +278,9 @@ def test_caption_assets_on_the_sample_region(resources, instance, data_root, tin
     first = captions.filter(pl.col("image_id") == patches["patch_id"][0])
     direct = clip_scores(clip.load(), [data_root / patches["image_path"][0]] * first.height, first["text"].to_list())
     assert 0 <= meta["clipscore"] <= 100 and meta["clip_model"] == TINY
-    assert "| real | hybrid |" in meta["clipscore_by_mode"]
-    assert direct.shape == (15,) and np.all((direct >= 0) & (direct <= 100))
+    scored = pl.read_parquet(data_root / "eval" / "captions" / "table2.parquet")
+    assert scored["clipscore"].null_count() == 0 and scored["paper_clipscore"][0] == 26.34
+    assert direct.shape == (5,) and np.all((direct >= 0) & (direct <= 100))
 
 
 def test_malformed_captions_are_found() -> None:
@@ -299,3 +311,21 @@ def test_offline_captions_have_no_doubled_commas() -> None:
             texts += offline_captions(composition, mode, seed=random.Random(k).randint(0, 10**6), n=5)
     assert len(texts) > 500
     assert not malformed(pl.Series(texts)).any(), [t for t in texts if ",," in t][:3]
+
+
+def test_parts_count_as_done_only_for_the_same_pair_and_configuration(tmp_path: Path) -> None:
+    """Regression: re-running with another backend over offline captions wrote nothing, reported
+    captioned_now 0 and labelled the old offline rows with the new backend's name."""
+    images = composition_rows(4)
+    offline = dataclasses.replace(text_job(None, n=1), pairs=(dataclasses.replace(
+        text_job(None, n=1).pairs[0], backend="offline", served_model="aras-offline"),))
+    first, new = caption_partition(images, "real", offline, tmp_path)
+    assert new == 4 and set(first["backend"]) == {"offline"}
+    served, new = caption_partition(images, "real", text_job(FlakyClient(), n=1), tmp_path)
+    assert new == 4 and set(served["backend"]) == {"openai"} and served.height == 4
+    assert served["text"].str.contains("#").all()  # the endpoint's answers, not the offline captions relabelled
+    resampled = dataclasses.replace(text_job(FlakyClient(), n=1), pairs=(dataclasses.replace(
+        text_job(None, n=1).pairs[0], sampling=SamplingConfig(n=1, seed=1, temperature=0.3)),))
+    assert caption_partition(images, "real", resampled, tmp_path)[1] == 4  # another sampling is another configuration
+    back, new = caption_partition(images, "real", offline, tmp_path)
+    assert new == 0 and back.equals(first)  # the offline parts were kept, so nothing is redone

@@ -82,7 +82,11 @@ INVALID = [
     ("stretch_max", "-3000", "-3000", "is out of range"),
     ("water_max_share", "0", "0", "is out of range"),
     ("caption_top_p", '{"text": 1.5}', '{"text": 1.5}', "is out of range"),
-    ("caption_temperature", '{"image": 0.5}', '{"image": 0.5}', "names 'image', not known"),
+    ("caption_temperature", '{"image": 0.5}', '{"image": 0.5}', "names 'image', not a method or method:Model"),
+    ("caption_plan", '["text"]', '["text"]', "has 'text', not method:Model"),
+    ("caption_plan", '["image:Qwen3-4B"]', '["image:Qwen3-4B"]', "has 'image:Qwen3-4B', not method:Model"),
+    ("caption_plan", '["text:Qwen3-4B", "text:Qwen3-4B"]', '["text:Qwen3-4B", "text:Qwen3-4B"]', "repeats 'text:Qwen3-4B'"),
+    ("caption_backends", '{"Qwen3-4B": "gpt"}', '{"Qwen3-4B": "gpt"}', "has Qwen3-4B=gpt, not a backend"),
     ("cond_cutmix_prob", "-0.1", "-0.1", "is out of range"),
     ("seg_lr_factor", "1", "1", "is out of range"),
     ("png_compress_level", "10", "10", "is out of range"),
@@ -117,6 +121,16 @@ def test_invalid_settings_are_refused_in_one_line_naming_setting_value_and_what_
     assert message.startswith(f"setting {name}: {shown} {problem}") and "\n" not in message
     assert message.endswith(f"({allowed(name)})")
     assert isinstance(err.value, BadInputError)  # a step fails once, without retries
+
+
+def test_a_plan_pair_needs_a_known_model_and_a_kept_method():
+    with pytest.raises(SettingsError, match=r"^setting caption_plan: 'text:Llama' names a model not in caption_models"):
+        load_settings("demo", {"caption_plan": '["text:Llama"]'}, environ={})
+    with pytest.raises(SettingsError, match=r"^setting caption_modes: \['vision'\] keeps no pair"):
+        load_settings("demo", {"caption_plan": '["text:Qwen3-4B"]', "caption_modes": '["vision"]'}, environ={})
+    s = load_settings("demo", {"caption_plan": '["text:Llama"]', "caption_models": '{"Llama": "org/llama"}',
+                               "caption_temperature": '{"text:Llama": 0.2}'}, environ={})
+    assert s.caption_plan == ("text:Llama",) and s.caption_temperature == {"text:Llama": 0.2}
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -2,7 +2,6 @@
 unconditional images (per gen_shard, from the labeler's masks) and conditional images (per
 s2_tile, from their conditioning masks), and caption_eval over everything captioned."""
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import polars as pl
 
 from aras_assets import layout
-from aras_assets.captions.captioning import CaptionError, CaptionJob, caption_partition
+from aras_assets.captions.captioning import OFFLINE_MODEL, CaptionError, CaptionJob, CaptionPair, caption_partition
 from aras_assets.captions.clipscore import clip_scores
 from aras_assets.captions.composition import SHARE_COLUMNS, compute_composition
 from aras_assets.captions.evaluation import (
@@ -20,6 +19,7 @@ from aras_assets.captions.evaluation import (
     consistency_frame,
     malformed,
     redundancy_table,
+    table2,
 )
 from aras_assets.captions.prompts import prompt_templates
 from aras_assets.errors import BadInputError, step_errors
@@ -28,7 +28,7 @@ from aras_assets.layout import COND, REAL, UNCOND
 from aras_assets.partitions import gen_shard_partitions, s2_tile_partitions
 from aras_assets.previews import markdown_table
 from aras_assets.segmentation.data import read_mask
-from aras_assets.settings import SettingsResource
+from aras_assets.settings import Settings, SettingsResource
 from aras_assets.sources.records import read_tile_manifest
 from resources import StorageResource
 from resources.captioner import CaptionerResource, SamplingConfig
@@ -102,21 +102,38 @@ def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.Part
     return _compositions
 
 
+def caption_plan(s: Settings, captioner: CaptionerResource) -> tuple[CaptionPair, ...]:
+    """The pairs of the settings' caption plan whose methods caption_modes keeps, each with its
+    backend (the pair's model's in caption_backends, else the captioner resource's), what that
+    backend is asked for (the resource's `model` when set, else the model's caption_models entry)
+    and its sampling (per pair, else per method)."""
+    pairs = []
+    for name in s.caption_plan:
+        mode, model = name.split(":", 1)
+        if mode not in s.caption_modes:
+            continue
+        backend = s.caption_backends.get(model, captioner.backend)
+        served = OFFLINE_MODEL if backend == "offline" else captioner.model or s.caption_models[model]
+        sampling = SamplingConfig(n=s.captions_per_image, seed=s.caption_seed, max_tokens=s.caption_max_tokens,
+                                  temperature=s.caption_temperature.get(name, s.caption_temperature.get(mode)),
+                                  top_p=s.caption_top_p.get(name, s.caption_top_p.get(mode)))
+        pairs.append(CaptionPair(mode, model, backend, served, sampling))
+    return tuple(pairs)
+
+
 def caption_job(settings: SettingsResource, captioner: CaptionerResource) -> CaptionJob:
     s = settings.get()
-    sampling = SamplingConfig(n=s.captions_per_image, seed=s.caption_seed, max_tokens=s.caption_max_tokens)
-    per_mode = {mode: dataclasses.replace(sampling, temperature=s.caption_temperature.get(mode),
-                                          top_p=s.caption_top_p.get(mode)) for mode in s.caption_modes}
-    return CaptionJob(tuple(s.caption_modes), prompt_templates(s.caption_prompts, s.caption_percent_format),
-                      captioner.backend, captioner.model_label, captioner.client(), sampling, per_mode)
+    return CaptionJob(caption_plan(s, captioner), prompt_templates(s.caption_prompts, s.caption_percent_format),
+                      lambda pair: captioner.client(pair.backend, pair.served_model))
 
 
 def captions_asset(origin: str, images_for: ImagesFor, compositions: dg.AssetsDefinition,
                    partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(name=f"{origin}_captions", group_name="captions", code_version="1", kinds={"parquet"},
               partitions_def=partitions_def, deps=[compositions],
-              description=f"Captions per {origin} image per mode (five each by default) from the configured captioner "
-                          "(offline by default). Resumable: a re-run captions only the images not yet done.")
+              description=f"Captions of every {origin} image, one per (method, model) pair of the caption plan (the "
+                          "paper's five by default), from the configured captioner (offline by default). Resumable: a "
+                          "re-run captions only what is not yet done for the same pair and configuration.")
     def _captions(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                   captioner: CaptionerResource) -> dg.MaterializeResult:
         partition = context.partition_key
@@ -140,10 +157,11 @@ def captions_asset(origin: str, images_for: ImagesFor, compositions: dg.AssetsDe
             captions, new = caption_partition(images, origin, job, folder, s.caption_batch_size, progress)
         context.log.info(f"{origin} {partition}: {captions.height} captions, {new} images captioned now, "
                          f"{images.height - new} were done before")
-        sample = captions.group_by("mode", maintain_order=True).head(2).select("image_id", "mode", "text").to_dicts()
+        sample = captions.group_by("mode", "model", maintain_order=True).head(1).select(
+            "image_id", "mode", "model", "text").to_dicts()
         return dg.MaterializeResult(metadata={
             "captions": captions.height, "images": images.height, "captioned_now": new,
-            "backend": job.backend, "model": job.model, "modes": ", ".join(job.modes),
+            "pairs": ", ".join(f"{p.name} ({p.backend} {p.served_model})" for p in job.pairs),
             "unique_captions": captions["text"].n_unique(),
             "path": dg.MetadataValue.path(str(folder / layout.CAPTIONS)),
             "examples": dg.MetadataValue.md(markdown_table(sample)),
@@ -164,28 +182,38 @@ CAPTION_ASSETS = [real_captions, uncond_captions, cond_captions]
 @dg.asset(group_name="evaluation", code_version="1", kinds={"parquet"},
           deps=[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in CAPTION_ASSETS])
 def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, clip: ClipResource) -> dg.MaterializeResult:
-    """Redundancy per origin and mode (beside the paper's Table 2), caption-mask consistency per
-    mode with the contradicting captions listed, and CLIPScore when local CLIP weights are set."""
+    """The paper's Table 2 for our captions (per subset and (model, method) pair: unique,
+    redundancy, CLIPScore when local CLIP weights are set, the paper's figures beside), redundancy
+    and caption-mask consistency per origin and pair, with contradicting and malformed captions listed."""
     paths = sorted(storage.root_path.glob(layout.CAPTION_FILES))
     with step_errors(context):
         if not paths:
             raise BadInputError("no captions yet: materialize real_captions (or uncond_ / cond_captions) first")
     captions = pl.concat([read_parquet_checked(p) for p in paths])
     compositions = pl.concat([read_parquet_checked(p) for p in sorted(storage.root_path.glob(layout.COMPOSITION_FILES))])
-    table = redundancy_table(captions)
-    paper = [PAPER_TABLE2.get((o, m), PAPER_REDUNDANCY["overall"] if (o, m) == ("all", "all") else None)
-             for o, m in table.select("origin", "mode").iter_rows()]
+    table = redundancy_table(captions, ("origin", "model", "mode"))
+    paper = [PAPER_REDUNDANCY["overall"] if (o, m) == ("all", "all") else
+             PAPER_TABLE2.get(("real" if o == "real" else "synthetic", model, m), (None, None, None))[1]
+             for o, model, m in table.select("origin", "model", "mode").iter_rows()]
     table = table.with_columns(pl.Series("paper_redundancy_pct", paper, dtype=pl.Float64))
     consistency = consistency_frame(captions, compositions)
     broken = captions.filter(malformed(captions["text"]))
-    by_mode = consistency.group_by("origin", "mode").agg(
+    by_pair = consistency.group_by("origin", "model", "mode").agg(
         pl.len().alias("captions"), pl.col("precision").mean(), pl.col("recall").mean(),
         pl.col("percent_error").mean().alias("mean_percent_error"),
-        (pl.col("contradictions") != "").sum().alias("contradicting")).sort("origin", "mode")
+        (pl.col("contradictions") != "").sum().alias("contradicting")).sort("origin", "model", "mode")
     contradicting = consistency.filter(pl.col("contradictions") != "").join(
         captions.select("caption_id", "text"), on="caption_id")
+    scores = None
+    if clip.configured:
+        with step_errors(context):
+            scores = captions_clipscore(clip, captions, storage)
+    else:
+        context.log.info("CLIPScore skipped: no local CLIP weights configured")
+    paper_table = table2(captions, scores)
     folder = storage.writable_dir(layout.CAPTION_EVAL)
     storage.write_parquet(table, folder / "redundancy.parquet")
+    storage.write_parquet(paper_table, folder / "table2.parquet")
     storage.write_parquet(consistency, folder / "consistency.parquet")
     overall = table.filter((pl.col("origin") == "all") & (pl.col("mode") == "all")).row(0, named=True)
     metadata: dict[str, object] = {
@@ -193,8 +221,9 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
         "redundancy_pct": round(overall["redundancy_pct"], 3),
         "redundancy_norm_pct": round(overall["redundancy_norm_pct"], 3),
         "paper_redundancy_pct": PAPER_REDUNDANCY["overall"],
+        "table2": dg.MetadataValue.md(markdown_table(_rounded(paper_table))),
         "redundancy": dg.MetadataValue.md(markdown_table(_rounded(table))),
-        "consistency": dg.MetadataValue.md(markdown_table(_rounded(by_mode))),
+        "consistency": dg.MetadataValue.md(markdown_table(_rounded(by_pair))),
         "contradicting_captions": contradicting.height,
         "malformed_captions": broken.height,  # doubled or stray punctuation and spaces
         "malformed_examples": dg.MetadataValue.md(markdown_table(broken.head(10).select("caption_id", "text").to_dicts())
@@ -202,15 +231,9 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
         "contradictions": dg.MetadataValue.md(markdown_table(contradicting.head(20).select(
             "caption_id", "text", "contradictions").to_dicts()) if contradicting.height else "none"),
     }
-    if not clip.configured:
+    if scores is None:
         metadata["clipscore"] = "not computed: no CLIP weights configured (set the clip resource's weights_path)"
-        context.log.info("CLIPScore skipped: no local CLIP weights configured")
     else:
-        with step_errors(context):
-            scores = captions_clipscore(clip, captions, storage)
-        by_mode = captions.select("origin", "mode").with_columns(pl.Series("clipscore", scores)) \
-            .group_by("origin", "mode").agg(pl.col("clipscore").mean()).sort("origin", "mode")
-        metadata["clipscore_by_mode"] = dg.MetadataValue.md(markdown_table(_rounded(by_mode)))
         metadata["clipscore"] = round(float(np.mean(scores)), 3)
         metadata["clip_model"] = clip.model_name
         metadata["paper_clipscore"] = 29.66

@@ -11,12 +11,28 @@ import polars as pl
 
 from aras_assets.landcover import CLASS_NAMES
 
-# ARAS400k paper Table 2 (captions, unique, redundancy %) for its subsets, beside ours.
+# ARAS400k paper Table 2: (unique captions, redundancy %, CLIPScore) per subset and (model, method).
 PAPER_REDUNDANCY = {"overall": 12.85}
-PAPER_TABLE2 = {
-    ("real", "text"): 28.27, ("real", "vision"): (0.26 + 8.95) / 2, ("real", "hybrid"): (0.13 + 2.42) / 2,
-    ("synthetic", "text"): 46.95, ("synthetic", "vision"): (1.03 + 10.39) / 2, ("synthetic", "hybrid"): (2.70 + 6.42) / 2,
+PAPER_TABLE2: dict[tuple[str, str, str], tuple[int, float, float]] = {
+    ("all", "Qwen3-4B", "text"): (214_319, 46.45, 26.34), ("all", "Gemma3-4B", "vision"): (396_878, 0.84, 31.06),
+    ("all", "Qwen3-VL-8B", "vision"): (359_997, 10.05, 31.79), ("all", "Gemma3-4B", "hybrid"): (398_339, 0.47, 30.26),
+    ("all", "Qwen3-VL-8B", "hybrid"): (374_570, 6.41, 27.88),
+    ("real", "Qwen3-4B", "text"): (71_899, 28.27, 26.48), ("real", "Gemma3-4B", "vision"): (99_981, 0.26, 30.60),
+    ("real", "Qwen3-VL-8B", "vision"): (91_269, 8.95, 30.67), ("real", "Gemma3-4B", "hybrid"): (100_105, 0.13, 29.90),
+    ("real", "Qwen3-VL-8B", "hybrid"): (97_814, 2.42, 27.87),
+    ("synthetic", "Qwen3-4B", "text"): (159_138, 46.95, 26.29), ("synthetic", "Gemma3-4B", "vision"): (296_900, 1.03, 31.21),
+    ("synthetic", "Qwen3-VL-8B", "vision"): (268_821, 10.39, 32.16),
+    ("synthetic", "Gemma3-4B", "hybrid"): (298_556, 2.70, 30.38),
+    ("synthetic", "Qwen3-VL-8B", "hybrid"): (280_731, 6.42, 27.88),
 }
+SUBSETS = ("all", "real", "synthetic")
+
+
+def paper_mode_redundancy(subset: str, mode: str) -> float | None:
+    """The paper's redundancy of one method in a subset, averaged over its models."""
+    values = [red for (s, _, m), (_, red, _) in PAPER_TABLE2.items() if (s, m) == (subset, mode)]
+    return sum(values) / len(values) if values else None
+
 
 # Words that name each class in a caption (the offline captioner's nouns are among them).
 CLASS_WORDS = {
@@ -41,22 +57,48 @@ def redundancy(captions: pl.Series | Sequence[str]) -> float:
     return 1.0 - series.n_unique() / len(series) if len(series) else 0.0
 
 
-def redundancy_table(frame: pl.DataFrame) -> pl.DataFrame:
-    """Per origin and mode, then per origin, then overall: captions, unique, redundancy and its
-    normalized variant (case, punctuation and spacing ignored), in percent."""
+def redundancy_table(frame: pl.DataFrame, keys: Sequence[str] = ("origin", "mode")) -> pl.DataFrame:
+    """Per `keys` (the first is the origin), then per origin, then overall: captions, unique,
+    redundancy and its normalized variant (case, punctuation and spacing ignored), in percent.
+    Levels above the keys say "all" in the columns they merge."""
     # Normalize once (not per level), and only rewrite whitespace that is not already one space.
     norm = (pl.col("text").str.to_lowercase().str.replace_all(r"[^\w%\s-]", "")
             .str.replace_all(r"[^\S ]|\s{2,}", " ").str.strip_chars())
-    frame = frame.select("origin", "mode", "text", norm.alias("norm"))
+    keys = list(keys)
+    frame = frame.select(*keys, "text", norm.alias("norm"))
     aggs = [pl.len().alias("captions"), pl.col("text").n_unique().alias("unique"), pl.col("norm").n_unique().alias("unique_norm")]
-    parts = [frame.group_by("origin", "mode").agg(aggs),
-             frame.group_by("origin").agg(aggs).with_columns(pl.lit("all").alias("mode")),
-             frame.select(aggs).with_columns(pl.lit("all").alias("origin"), pl.lit("all").alias("mode"))]
-    table = pl.concat([p.select("origin", "mode", "captions", "unique", "unique_norm") for p in parts])
+    inner = keys[1:]
+    parts = [frame.group_by(keys).agg(aggs),
+             frame.group_by(keys[0]).agg(aggs).with_columns(pl.lit("all").alias(k) for k in inner),
+             frame.select(aggs).with_columns(pl.lit("all").alias(k) for k in keys)]
+    table = pl.concat([p.select(*keys, "captions", "unique", "unique_norm") for p in parts])
     return table.with_columns(
         (100 * (1 - pl.col("unique") / pl.col("captions"))).alias("redundancy_pct"),
         (100 * (1 - pl.col("unique_norm") / pl.col("captions"))).alias("redundancy_norm_pct"),
-    ).sort("origin", "mode")
+    ).sort(keys)
+
+
+def table2(captions: pl.DataFrame, clipscores: Sequence[float] | None = None) -> pl.DataFrame:
+    """The paper's Table 2 for our captions: one row per subset (all, real, synthetic) and
+    (model, method) pair, in the paper's row order, with captions, unique captions, redundancy
+    and mean CLIPScore (null when not computed) beside the paper's figures (null for a pair the
+    paper does not have)."""
+    frame = captions.select("origin", "model", "mode", "text").with_columns(
+        pl.Series("clipscore", list(clipscores) if clipscores is not None else [None] * captions.height, dtype=pl.Float64),
+        pl.when(pl.col("origin") == "real").then(pl.lit("real")).otherwise(pl.lit("synthetic")).alias("subset"))
+    both = pl.concat([frame.with_columns(pl.lit("all").alias("subset")), frame])
+    table = both.group_by("subset", "model", "mode").agg(
+        pl.len().alias("captions"), pl.col("text").n_unique().alias("unique"), pl.col("clipscore").mean())
+    table = table.with_columns((100 * (1 - pl.col("unique") / pl.col("captions"))).alias("redundancy_pct"))
+    paper = pl.DataFrame([{"subset": s, "model": m, "mode": mode, "paper_unique": u, "paper_redundancy_pct": r,
+                           "paper_clipscore": c} for (s, m, mode), (u, r, c) in PAPER_TABLE2.items()])
+    paper_order = {(m, mode): k for k, (s, m, mode) in enumerate(PAPER_TABLE2) if s == "all"}
+    order = pl.concat_str("model", pl.lit(":"), "mode").replace_strict(
+        {f"{m}:{mode}": k for (m, mode), k in paper_order.items()}, default=len(paper_order), return_dtype=pl.Int64)
+    return table.join(paper, on=["subset", "model", "mode"], how="left").sort(
+        pl.col("subset").replace_strict({s: k for k, s in enumerate(SUBSETS)}, return_dtype=pl.Int64), order, "model", "mode",
+    ).select("subset", "model", "mode", "captions", "unique", "paper_unique", "redundancy_pct", "paper_redundancy_pct",
+             "clipscore", "paper_clipscore")
 
 
 @dataclass(frozen=True)
@@ -114,18 +156,19 @@ def consistency(text: str, percents: Sequence[float]) -> Consistency:
 def consistency_frame(captions: pl.DataFrame, compositions: pl.DataFrame) -> pl.DataFrame:
     """caption rows joined to their image's composition -> one consistency row per caption."""
     share_cols = [f"pct_{n}" for n in CLASS_NAMES]
-    joined = captions.select("caption_id", "image_id", "origin", "mode", "text").join(
+    joined = captions.select("caption_id", "image_id", "origin", "model", "mode", "text").join(
         compositions.select("image_id", *share_cols), on="image_id", how="left")
     rows = []
     for row in joined.iter_rows(named=True):
         if row[share_cols[0]] is None:
-            rows.append({"caption_id": row["caption_id"], "origin": row["origin"], "mode": row["mode"], "precision": None,
+            rows.append({"caption_id": row["caption_id"], "origin": row["origin"], "model": row["model"],
+                         "mode": row["mode"], "precision": None,
                          "recall": None, "percent_error": None, "contradictions": "image has no composition"})
             continue
         c = consistency(row["text"], [row[k] for k in share_cols])
-        rows.append({"caption_id": row["caption_id"], "origin": row["origin"], "mode": row["mode"],
+        rows.append({"caption_id": row["caption_id"], "origin": row["origin"], "model": row["model"], "mode": row["mode"],
                      "precision": c.precision, "recall": c.recall, "percent_error": c.percent_error,
                      "contradictions": "; ".join(c.contradictions)})
-    return pl.DataFrame(rows, schema={"caption_id": pl.String, "origin": pl.String, "mode": pl.String,
+    return pl.DataFrame(rows, schema={"caption_id": pl.String, "origin": pl.String, "model": pl.String, "mode": pl.String,
                                       "precision": pl.Float64, "recall": pl.Float64, "percent_error": pl.Float64,
                                       "contradictions": pl.String})

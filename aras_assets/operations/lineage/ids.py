@@ -11,8 +11,10 @@ from aras_assets.errors import BadInputError
 from aras_assets.ids import parse_patch_id, parse_synthetic_id
 from aras_assets.layout import CAPTION_MODES, REAL
 
-_CAPTION_RE = re.compile(rf"^(.+)_({'|'.join(CAPTION_MODES)})_(\d+)$")
-_ID_EXAMPLES = "N36E027_012_034 (patch), uncond_0003_00012 or cond_N36E027_00012 (image), <image id>_text_0 (caption)"
+# <image id>_<method>_<model>_<index>; ids written before the caption plan have no model part.
+_CAPTION_RE = re.compile(rf"^(.+?)_({'|'.join(CAPTION_MODES)})(?:_([a-z0-9][a-z0-9.-]*))?_(\d+)$")
+_ID_EXAMPLES = ("N36E027_012_034 (patch), uncond_0003_00012 or cond_N36E027_00012 (image), "
+                "<image id>_text_qwen3-4b_0 (caption)")
 
 
 class LineageError(BadInputError, LookupError):
@@ -37,6 +39,7 @@ class RecordRef:
     image: ImageRef
     mode: str | None = None
     caption_index: int | None = None
+    model: str | None = None  # the caption plan pair's model, as in the id
 
 
 def parse_image_id(value: str) -> ImageRef:
@@ -62,6 +65,6 @@ def parse_record_id(value: str) -> RecordRef:
         except LineageError:
             raise LineageError(f"{value!r} is not a caption id: {m.group(1)!r} is not an image id "
                                f"(expected e.g. {_ID_EXAMPLES})") from None
-        return RecordRef(value, "caption", image, m.group(2), int(m.group(3)))
+        return RecordRef(value, "caption", image, m.group(2), int(m.group(4)), m.group(3))
     image = parse_image_id(value)
     return RecordRef(value, "patch" if image.origin == REAL else "image", image)
