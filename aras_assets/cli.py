@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from aras_assets import layout
 from aras_assets.instance import PROJECT_ROOT, ensure_dagster_home
 
 
@@ -57,13 +58,16 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
         for row in json.loads(fid.read_text()):
             print(f"  FID {row['set']:>6}: {row['fid']:.4f} in {row['features']} features "
                   f"({row['synthetic_images']} vs {row['real_images']} images; paper {row['paper_fid (Inception)']:g} Inception)")
-    redundancy = root / "eval" / "captions" / "redundancy.parquet"
-    if redundancy.exists():
+    table2 = root / layout.CAPTION_TABLE2
+    if table2.exists():
         import polars as pl
 
-        print(f"  captions:    {root / 'captions'}/<origin>/<tile>/captions.parquet")
-        table = pl.read_parquet(redundancy).select("origin", "mode", "captions", "redundancy_pct")
-        print(f"  caption redundancy (%):\n{table.with_columns(pl.col('redundancy_pct').round(2))}")
+        print(f"  captions:    {root / 'captions'}/<origin>/<partition>/captions.parquet")
+        table = pl.read_parquet(table2).select("subset", "model", "mode", "captions", "unique", "redundancy_pct",
+                                                "paper_redundancy_pct")
+        with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True):
+            print(f"  captions per (model, method), the paper's Table 2 beside (%):\n"
+                  f"{table.with_columns(pl.col('redundancy_pct').round(2))}")
     print(f"  Dagster UI:  aras ui   (or: DAGSTER_HOME={summary.dagster_home} dagster dev)")
     print(f"  MLflow UI:   {MlflowResource().ui_command()}")
     return 0

@@ -45,6 +45,9 @@ SPLITS = Path("splits", "splits.parquet")
 SEGMENTATION_TABLES = Path("eval", "segmentation", "tables.md")
 FID_REPORT = Path("eval", "generation", "fid.json")
 CAPTION_EVAL = Path("eval", "captions")
+CAPTION_TABLE2 = CAPTION_EVAL / "table2.parquet"  # the paper's Table 2 for our captions
+CAPTION_REDUNDANCY = CAPTION_EVAL / "redundancy.parquet"
+CAPTION_CONSISTENCY = CAPTION_EVAL / "consistency.parquet"
 
 
 def patches_dir(tile: str) -> Path:

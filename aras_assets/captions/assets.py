@@ -211,10 +211,10 @@ def caption_eval(context: dg.AssetExecutionContext, storage: StorageResource, cl
     else:
         context.log.info("CLIPScore skipped: no local CLIP weights configured")
     paper_table = table2(captions, scores)
-    folder = storage.writable_dir(layout.CAPTION_EVAL)
-    storage.write_parquet(table, folder / "redundancy.parquet")
-    storage.write_parquet(paper_table, folder / "table2.parquet")
-    storage.write_parquet(consistency, folder / "consistency.parquet")
+    storage.writable_dir(layout.CAPTION_EVAL)
+    storage.write_parquet(table, storage.path(layout.CAPTION_REDUNDANCY))
+    storage.write_parquet(paper_table, storage.path(layout.CAPTION_TABLE2))
+    storage.write_parquet(consistency, storage.path(layout.CAPTION_CONSISTENCY))
     overall = table.filter((pl.col("origin") == "all") & (pl.col("mode") == "all")).row(0, named=True)
     metadata: dict[str, object] = {
         "captions": captions.height,
