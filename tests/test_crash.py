@@ -4,6 +4,7 @@ next run removes the leftovers and writes exactly what a clean run writes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from aras_assets.landcover import label_lut
 from aras_assets.sources.patches import PatchOptions, materialize_tile
 from resources.storage import StorageError, partition_lock, resumable_folder, staged_directory
 from tests.caption_fixtures import caption_images, slow_job
+from tests.generation_fixtures import generate_shard
 from tests.test_bad_inputs import source_of, write_region
 
 TILE = "N38E028"  # 1024 x 512 px: two read strips, 8 patches
@@ -142,6 +144,7 @@ CAPTION_WORKER = """
 import sys, time
 from pathlib import Path
 from tests.caption_fixtures import caption_images, slow_job
+from tests.generation_fixtures import generate_shard
 from aras_assets.captions.captioning import caption_partition
 print("ready", flush=True)
 caption_partition(caption_images(), "real", slow_job(), Path(sys.argv[1]), batch_size=4)
@@ -174,3 +177,46 @@ def test_captioning_survives_kills(tmp_path: Path) -> None:
     assert captions["caption_id"].is_unique().all()
     assert not [p for p in folder.rglob(".*.tmp")]
     print(f"captions: {kills} kills in {attempts} runs; a clean run takes {duration:.2f} s")
+
+
+GENERATION_WORKER = """
+import sys
+from pathlib import Path
+from tests.generation_fixtures import generate_shard
+print("ready", flush=True)
+generate_shard(Path(sys.argv[1]))
+print("done", flush=True)
+"""
+
+
+def test_unconditional_generation_survives_kills(tmp_path: Path) -> None:
+    """Kills inside and between batches: the manifest is absent or complete, and the re-run
+    writes the images and manifest a clean run writes, byte for byte, with no temp files left."""
+    started = time.perf_counter()
+    clean, _ = generate_shard(tmp_path / "clean")
+    duration = time.perf_counter() - started
+    root = tmp_path / "data"
+    folder = root / "synthetic" / "uncond" / "0000"
+    rng = np.random.default_rng(13)
+    kills, attempts = 0, 0
+    while kills < KILLS and attempts < 4 * KILLS:
+        attempts += 1
+        proc = subprocess.Popen([sys.executable, "-c", GENERATION_WORKER, str(root)], cwd=PROJECT, stdout=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.2, 1.2 * duration)))  # the worker builds its generator first
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kills += proc.returncode == -signal.SIGKILL
+        if (folder / layout.MANIFEST).exists():  # never a half-written manifest
+            assert_frame_equal(pl.read_parquet(folder / layout.MANIFEST), clean)
+    assert kills >= KILLS, f"only {kills} of {attempts} runs were killed before they finished"
+    manifest, _ = generate_shard(root)
+    assert_frame_equal(manifest, clean)
+    assert manifest["image_id"].is_unique().all()
+    assert files_of(folder / "images") == files_of(tmp_path / "clean" / "synthetic" / "uncond" / "0000" / "images")
+    for path, digest in manifest.select("image_path", "content_sha256").iter_rows():  # the manifest agrees with the disk
+        assert hashlib.sha256((root / path).read_bytes()).hexdigest() == digest
+    assert not [p for p in folder.rglob("*.tmp")] and not [p for p in folder.rglob(".*lock*")]
+    print(f"generation: {kills} kills in {attempts} runs; a clean run takes {duration:.2f} s")
