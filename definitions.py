@@ -3,12 +3,12 @@ The graph is declared once in `aras_assets.graph`; jobs and schedules derive fro
 
 import dagster as dg
 
-from aras_assets.graph import ASSET_CHECKS, ASSETS, JOBS
+from aras_assets.graph import ASSET_CHECKS, ASSETS, EXTERNAL_ASSETS, JOBS
 from aras_assets.operations.schedules import SENSORS, backfill_schedules
 from aras_assets.resources_config import default_resources
 
 defs = dg.Definitions(
-    assets=ASSETS,
+    assets=[*EXTERNAL_ASSETS, *ASSETS],
     asset_checks=ASSET_CHECKS,
     jobs=JOBS,
     schedules=backfill_schedules(ASSETS),

@@ -19,9 +19,11 @@ from aras_assets.generation.assets import ASSETS as GENERATION_ASSETS
 from aras_assets.operations.checks import CHECKS
 from aras_assets.segmentation.assets import ASSETS as SEGMENTATION_ASSETS
 from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
+from aras_assets.sources.assets import EXTERNAL
 
 ASSETS: list[dg.AssetsDefinition] = [*SOURCE_ASSETS, *SEGMENTATION_ASSETS, *GENERATION_ASSETS, *CAPTION_ASSETS]
 ASSET_CHECKS = CHECKS
+EXTERNAL_ASSETS: list[dg.AssetSpec] = EXTERNAL  # the S2 and WorldCover tiles: inputs, never materialized here
 
 
 @dataclass(frozen=True)

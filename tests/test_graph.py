@@ -42,7 +42,14 @@ def test_definitions_load_with_every_asset_and_stage_job() -> None:
     import definitions
 
     repo = definitions.defs.get_repository_def()
-    assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == set(graph_snapshot()["assets"])
+    external = {"s2_rgbnir_tiles", "worldcover_tiles"}  # inputs upstream of tile_catalog, not materialized here
+    assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == set(graph_snapshot()["assets"]) | external
+    assert {d.asset_key.to_user_string() for d in repo.assets_defs_by_key[dg.AssetKey("tile_catalog")].specs_by_key[
+        dg.AssetKey("tile_catalog")].deps} == external
+    for key in repo.asset_graph.get_all_asset_keys():  # every asset and check says what it is
+        assert repo.asset_graph.get(key).description, key
+    specs = [s for c in ASSET_CHECKS for s in c.check_specs] + [s for a in ASSETS for s in a.check_specs]
+    assert len(specs) >= 7 and [s.name for s in specs if not s.description] == []
     for name in STAGE_JOBS:
         assert repo.get_job(name).name == name
 

@@ -73,7 +73,9 @@ def synthetic_column(origin: str, column: str) -> ImagesFor:
 def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.PartitionsDefinition,
                        deps: list) -> dg.AssetsDefinition:
     @dg.asset(name=f"{origin}_compositions", group_name="captions", code_version="1", kinds={"parquet"},
-              partitions_def=partitions_def, deps=deps)
+              partitions_def=partitions_def, deps=deps,
+              description=f"Class percentages and spatial layout (where each class lies, fragmentation, borders, "
+                          f"river or lake) of every {origin} image of a partition, from its mask.")
     def _compositions(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         partition = context.partition_key
         with step_errors(context):
@@ -97,8 +99,6 @@ def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.Part
                                                    for n, c in zip(CLASS_NAMES, SHARE_COLUMNS, strict=True)}),
         })
 
-    _compositions.__doc__ = (f"Class percentages and spatial layout (where each class lies, fragmentation, borders, "
-                             f"river or lake) of every {origin} image of a partition, from its mask.")
     return _compositions
 
 

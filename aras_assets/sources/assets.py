@@ -17,8 +17,19 @@ from aras_assets.sources.records import catalog_entry, read_catalog, read_manife
 from aras_assets.sources.splits import SPLITS, assign_splits, splits_version
 from resources.storage import StorageResource, read_parquet_checked
 
+# The inputs from outside: shown upstream of tile_catalog in the UI, never materialized here.
+S2_TILES = dg.AssetSpec(
+    "s2_rgbnir_tiles", group_name="catalog", kinds={"geotiff"},
+    description="ESA WorldCover 2021 Sentinel-2 RGBNIR composites (4-band uint16 GeoTIFFs, EPSG:4326, 1-degree "
+                "tiles on the 1/12000-degree grid), read from the tile_source setting's folder or s2_uri_template.")
+WORLDCOVER_TILES = dg.AssetSpec(
+    "worldcover_tiles", group_name="catalog", kinds={"geotiff"},
+    description="ESA WorldCover 10 m 2021 v200 land-cover maps (1-band uint8 GeoTIFFs, 3-degree tiles), read from "
+                "the tile_source setting's folder or wc_uri_template.")
+EXTERNAL = [S2_TILES, WORLDCOVER_TILES]
 
-@dg.asset(group_name="catalog", code_version="1", kinds={"parquet"})
+
+@dg.asset(group_name="catalog", code_version="1", kinds={"parquet"}, deps=EXTERNAL)
 def tile_catalog(context: dg.AssetExecutionContext, settings: SettingsResource,
                  storage: StorageResource) -> dg.MaterializeResult:
     """S2 RGBNIR tiles inside the configured bounding box, each with the WorldCover tile that
@@ -46,13 +57,22 @@ def tile_catalog(context: dg.AssetExecutionContext, settings: SettingsResource,
     })
 
 
-PATCH_CHECKS = ("no_nodata_labels", "water_share", "patch_shape", "unique_ids")
+PATCH_CHECKS = {
+    "no_nodata_labels": "Every mask pixel is a palette class (no nodata) and agrees with the manifest's class counts.",
+    "water_share": "No kept patch is more water than water_max_share.",
+    "patch_shape": "Every image is 256x256 RGB and every mask 256x256 single-band, as the manifest says.",
+    "unique_ids": "Every patch id occurs once in the tile's manifest.",
+}
+SPLIT_CHECKS = {
+    "splits_disjoint": "No patch is in two splits.",
+    "splits_complete": "Every patch on record has a split, every split a patch on record, and no wanted split is empty.",
+}
 
 
 @dg.asset(
     group_name="patches", code_version="1", kinds={"parquet", "png"},
     partitions_def=s2_tile_partitions, deps=[tile_catalog],
-    check_specs=[dg.AssetCheckSpec(name, asset="real_patches") for name in PATCH_CHECKS],
+    check_specs=[dg.AssetCheckSpec(name, asset="real_patches", description=d) for name, d in PATCH_CHECKS.items()],
 )
 def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
                  storage: StorageResource) -> dg.MaterializeResult:
@@ -99,7 +119,7 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
 
 
 @dg.asset(group_name="splits", code_version="1", kinds={"parquet"}, deps=[real_patches],
-          check_specs=[dg.AssetCheckSpec(n, asset="splits") for n in ("splits_disjoint", "splits_complete")])
+          check_specs=[dg.AssetCheckSpec(n, asset="splits", description=d) for n, d in SPLIT_CHECKS.items()])
 def splits(context: dg.AssetExecutionContext, settings: SettingsResource,
            storage: StorageResource) -> dg.MaterializeResult:
     """patch_id -> train/val/test over every materialized tile of the catalog."""
