@@ -32,6 +32,7 @@ def test_catalog_patches_and_splits(resources, instance, data_root):
         result = materialize([real_patches], resources, instance, tile)
         assert check_results(result) == {"no_nodata_labels": True, "water_share": True, "patch_shape": True,
                                          "unique_ids": True}
+        assert {e.partition for e in result.get_asset_check_evaluations()} == {tile}  # checked per partition
         meta = result.asset_materializations_for_node("real_patches")[0].metadata
         manifest = pl.read_parquet(data_root / "patches" / tile / "manifest.parquet")
         assert meta["patches"].value == manifest.height

@@ -72,7 +72,8 @@ SPLIT_CHECKS = {
 @dg.asset(
     group_name="patches", code_version="1", kinds={"parquet", "png"},
     partitions_def=s2_tile_partitions, deps=[tile_catalog],
-    check_specs=[dg.AssetCheckSpec(name, asset="real_patches", description=d) for name, d in PATCH_CHECKS.items()],
+    check_specs=[dg.AssetCheckSpec(name, asset="real_patches", description=d, partitions_def=s2_tile_partitions)
+                 for name, d in PATCH_CHECKS.items()],  # per tile: one bad tile does not mark the others
 )
 def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
                  storage: StorageResource) -> dg.MaterializeResult:
