@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aras_assets import layout
-from aras_assets.instance import PROJECT_ROOT, ensure_dagster_home
+from aras_assets.instance import default_dagster_home, ensure_dagster_home
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -93,15 +93,26 @@ def cmd_sample_region(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    from aras_assets.settings import SettingsError, load_settings
+    """Every setting with where its value comes from, then the places in effect: the data root,
+    the tiles read, the Dagster instance and the MLflow store."""
+    from aras_assets.settings import load_settings, setting_sources
+    from resources import MlflowResource
+    from resources.storage import StorageResource
 
-    try:
-        settings = load_settings(args.profile, _overrides(args.set))
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    overrides = _overrides(args.set)
+    settings = load_settings(args.profile, overrides)
+    sources = setting_sources(args.profile, overrides)
     for f in dataclasses.fields(settings):
-        print(f"{f.name:18s} {getattr(settings, f.name)!r}")
+        print(f"{f.name:24s} {getattr(settings, f.name)!r}  [{sources[f.name].replace('override', '--set')}]")
+    root = StorageResource().root_path
+    root_from = "environment ARAS_DATA_ROOT" if os.environ.get("ARAS_DATA_ROOT") else "default ./data"
+    print(f"\n{'data root':24s} {root}  [{root_from}]")
+    if settings.tile_source == "templates":
+        print(f"{'S2 tiles':24s} {settings.s2_uri_template}\n{'WorldCover tiles':24s} {settings.wc_uri_template}")
+    else:
+        print(f"{'tiles':24s} {root / settings.tile_source}/")
+    print(f"{'Dagster instance':24s} {default_dagster_home()}")
+    print(f"{'MLflow tracking':24s} {MlflowResource().resolved_tracking_uri}")
     return 0
 
 
@@ -197,7 +208,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     ids = read_ids(args)
     with contextlib.ExitStack() as stack:
         instance = None
-        home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home")
+        home = default_dagster_home()
         if not args.no_runs and (home / "dagster.yaml").exists():
             import dagster as dg
 
@@ -218,7 +229,6 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     home = ensure_dagster_home()
     print(f"Dagster UI on http://{args.host}:{args.port} with DAGSTER_HOME={home}")
-    os.chdir(PROJECT_ROOT)
     # The interpreter running `aras` has dagster installed, whether or not its bin/ is on PATH.
     os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-m", "definitions",
                               "-h", args.host, "-p", str(args.port)])

@@ -1,5 +1,6 @@
-"""The project-local Dagster instance: DAGSTER_HOME defaults to .dagster_home/ in the project,
-holding a link to the project's dagster.yaml, so the CLI, the tests and `dagster dev` share runs."""
+"""The Dagster instance: DAGSTER_HOME defaults to .dagster_home/ in the working directory (beside
+./data, the default data root), holding a link to the project's dagster.yaml, so the CLI, the
+tests and `dagster dev` started there share runs."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 INSTANCE_CONFIG = PROJECT_ROOT / "dagster.yaml"
 
 
+def default_dagster_home() -> Path:
+    """DAGSTER_HOME, else .dagster_home in the working directory."""
+    return Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").resolve()
+
+
 def ensure_dagster_home(home: Path | None = None) -> Path:
     """Create the instance folder with the project's dagster.yaml and export DAGSTER_HOME."""
-    home = Path(home or os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home").resolve()
+    home = Path(home or default_dagster_home()).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists() and not config.is_symlink():

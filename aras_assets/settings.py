@@ -479,20 +479,45 @@ def _read_toml(path: str) -> dict[str, Any]:
     return table
 
 
-def load_settings(profile: str | None = None, overrides: Mapping[str, Any] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
+def _layers(profile: str | None, overrides: Mapping[str, Any] | None,
+            environ: Mapping[str, str] | None) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """The profile in effect, the values given (lowest precedence first: profile, settings file,
+    environment, overrides) and where each came from."""
     env = os.environ if environ is None else environ
     profile = profile or env.get("ARAS_PROFILE") or "demo"
     if profile not in PROFILES:
         raise SettingsError(f"setting profile: {profile!r} is an unknown profile (one of {', '.join(PROFILES)})")
-    values: dict[str, Any] = dict(PROFILES[profile])
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def put(layer: Mapping[str, Any], where: Callable[[str], str]) -> None:
+        for name, value in layer.items():
+            values[name], sources[name] = value, where(name)
+
+    put(PROFILES[profile], lambda _: f"profile {profile}")
     if env.get("ARAS_SETTINGS"):
-        values.update(_read_toml(env["ARAS_SETTINGS"]))
-    for name in FIELDS:
-        if name != "profile" and f"ARAS_{name.upper()}" in env:
-            values[name] = env[f"ARAS_{name.upper()}"]
-    values.update(overrides or {})
+        put(_read_toml(env["ARAS_SETTINGS"]), lambda _: f"file {env['ARAS_SETTINGS']}")
+    put({name: env[f"ARAS_{name.upper()}"] for name in FIELDS if name != "profile" and f"ARAS_{name.upper()}" in env},
+        lambda name: f"environment ARAS_{name.upper()}")
+    put(overrides or {}, lambda _: "override")
     values.pop("profile", None)
+    sources.pop("profile", None)
+    return profile, values, sources
+
+
+def setting_sources(profile: str | None = None, overrides: Mapping[str, Any] | None = None,
+                    environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where each setting's value comes from: "default", "profile paper", "file <path>",
+    "environment ARAS_<NAME>" or "override" (`--set`, or the launchpad's overrides)."""
+    _, _, sources = _layers(profile, overrides, environ)
+    env = os.environ if environ is None else environ
+    chosen_by = "given" if profile else "environment ARAS_PROFILE" if env.get("ARAS_PROFILE") else "default"
+    return {"profile": chosen_by} | {name: sources.get(name, "default") for name in FIELDS if name != "profile"}
+
+
+def load_settings(profile: str | None = None, overrides: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    profile, values, _ = _layers(profile, overrides, environ)
     coerced, shown = {}, {}
     for name, value in values.items():
         coerced[name], shown[name] = _coerce(name, value)

@@ -18,11 +18,11 @@ import polars as pl
 
 from aras_assets.errors import BadInputError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
 
 def default_data_root() -> str:
-    return os.environ.get("ARAS_DATA_ROOT") or str(PROJECT_ROOT / "data")
+    """ARAS_DATA_ROOT, else ./data in the working directory (not beside the installed package,
+    which two checkouts sharing one environment would silently share)."""
+    return os.environ.get("ARAS_DATA_ROOT") or "data"
 
 
 class StorageError(BadInputError, OSError):
@@ -205,7 +205,7 @@ def check_writable(folder: Path) -> None:
 
 
 class StorageResource(dg.ConfigurableResource):
-    """The dataset root (config `root`, else env ARAS_DATA_ROOT, else ./data in the project)."""
+    """The dataset root (config `root`, else env ARAS_DATA_ROOT, else ./data in the working directory)."""
 
     root: str = ""
 

@@ -171,3 +171,34 @@ def test_cli_settings_prints_the_resolved_values(capsys, no_env_settings):
     assert main(["settings", "--profile", "paper", "--set", "seg_augment=false"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "seg_augment        False" in lines and "gen_shards         300" in lines
+
+
+def test_aras_settings_says_where_each_value_comes_from(tmp_path, monkeypatch, capsys):
+    from aras_assets.cli import main
+
+    file = tmp_path / "aras.toml"
+    file.write_text("[settings]\nsplit_block = 3\n")
+    monkeypatch.setenv("ARAS_SETTINGS", str(file))
+    monkeypatch.setenv("ARAS_SEG_EPOCHS", "4")
+    monkeypatch.setenv("ARAS_DATA_ROOT", str(tmp_path / "root"))
+    monkeypatch.delenv("ARAS_PROFILE", raising=False)
+    assert main(["settings", "--profile", "paper", "--set", "seg_lr=0.1"]) == 0
+    lines = {line.split()[0] if not line.startswith(("data root", "Dagster", "MLflow", "S2 ", "WorldCover"))
+             else line[:24].strip(): line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert lines["profile"].endswith("'paper'  [given]")
+    assert lines["seg_batch_size"].endswith("24  [profile paper]")
+    assert lines["split_block"].endswith(f"3  [file {file}]")
+    assert lines["seg_epochs"].endswith("4  [environment ARAS_SEG_EPOCHS]")
+    assert lines["seg_lr"].endswith("0.1  [--set]")
+    assert lines["caption_seed"].endswith("0  [default]")
+    assert lines["data root"].endswith(f"{tmp_path / 'root'}  [environment ARAS_DATA_ROOT]")
+    assert "esa-worldcover-s2" in lines["S2 tiles"] and "mlflow" in lines["MLflow tracking"]
+
+
+def test_the_data_root_defaults_to_data_in_the_working_directory(tmp_path, monkeypatch):
+    """Regression: it defaulted to a folder beside the installed package, shared by every checkout."""
+    from resources.storage import StorageResource
+
+    monkeypatch.delenv("ARAS_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert StorageResource().root_path == tmp_path.resolve() / "data"
