@@ -56,8 +56,10 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
         print(f"  synthetic:   {root / 'synthetic'}/{{uncond/<shard>,cond/<tile>}}/{{images,manifest.parquet}} "
               "(aras regenerate <image_id> rebuilds one)")
         for row in json.loads(fid.read_text()):
+            paper = row["paper_fid (Inception)"]
+            beside = f"; paper {paper:g}" if paper is not None else "; not on the paper's Inception scale"
             print(f"  FID {row['set']:>6}: {row['fid']:.4f} in {row['features']} features "
-                  f"({row['synthetic_images']} vs {row['real_images']} images; paper {row['paper_fid (Inception)']:g} Inception)")
+                  f"({row['synthetic_images']} vs {row['real_images']} images{beside})")
     table2 = root / layout.CAPTION_TABLE2
     if table2.exists():
         import polars as pl

@@ -71,3 +71,11 @@ def test_stages_refuse_a_group_that_loops_through_another_partitioning() -> None
     ordered = stages([first, middle])
     assert [(s.group, s.dimension) for s in ordered] == [("g", None), ("h", "p")]
     assert isinstance(ordered[0], Stage)
+
+
+def test_gan_fid_declares_everything_it_reads() -> None:
+    """Regression: it read the training patches and the champion encoder without declaring them,
+    so changing either did not mark it stale."""
+    deps = upstream(ASSETS)[dg.AssetKey("gan_fid")]
+    assert {d.to_user_string() for d in deps} == {"uncond_images", "cond_images", "splits", "real_patches",
+                                                  "segmentation_model"}

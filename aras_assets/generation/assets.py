@@ -239,7 +239,8 @@ def gan_metadata(job: GanTraining, result: FitResult, done: GanRegistered, run_i
         "steps": job.trainer.step, "resumed_from_step": result.resumed_from if result.resumed_from is not None else -1,
         "train_images_per_s": round(result.images_per_s, 2), "resolution": resolution,
         "fid_encoder": round(done.final_fid, 4), "fid_features": f"segmentation encoder of {job.encoder_ref}",
-        "paper_fid": PAPER_FID[kind],
+        "paper_fid_inception": PAPER_FID[kind],  # another scale: see fid_note
+        "fid_note": FID_NOTE,
         "fid_history": dg.MetadataValue.md(markdown_table([{"step": st, "fid_encoder": round(v, 4)}
                                                            for st, v in result.fid])),
         "losses": dg.MetadataValue.md(markdown_table(result.history[-10:])),
@@ -406,6 +407,12 @@ def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, s
     return dg.MaterializeResult(metadata=metadata)
 
 
+FID_NOTE = ("Encoder-space FID is not on the Inception scale of the paper's 16 / 72 (set fid_inception_weights for "
+            "that); compare runs with each other. It differs from the training-time FID of the same model because that "
+            "one samples the EMA generator with fixed seeds and no truncation at training time, while this one scores the "
+            "published images (their seeds and truncation_psi), evenly sampled up to fid_images.")
+
+
 def synthetic_manifests(storage: StorageResource, origin: str) -> pl.DataFrame:
     paths = sorted(storage.root_path.glob(layout.synthetic_manifests(origin)))
     return pl.concat([read_parquet_checked(p) for p in paths]) if paths else pl.DataFrame()
@@ -413,7 +420,10 @@ def synthetic_manifests(storage: StorageResource, origin: str) -> pl.DataFrame:
 
 @dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu",
           deps=[dg.AssetDep(uncond_images, partition_mapping=dg.AllPartitionMapping()),
-                dg.AssetDep(cond_images, partition_mapping=dg.AllPartitionMapping())])
+                dg.AssetDep(cond_images, partition_mapping=dg.AllPartitionMapping()),
+                # what it also reads: the training patches (the reference) and the labeler's encoder
+                dg.AssetDep("splits"), dg.AssetDep("real_patches", partition_mapping=dg.AllPartitionMapping()),
+                dg.AssetDep("segmentation_model", partition_mapping=dg.AllPartitionMapping())])
 def gan_fid(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
             device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """FID of the unconditional and conditional images against the training patches, in the
@@ -441,8 +451,10 @@ def gan_fid(context: dg.AssetExecutionContext, settings: SettingsResource, stora
             for origin, picks in sets.items():
                 synthetic = image_stats(storage, picks, s.gan_resolution, fn, size, runtime.torch_device)
                 value = fid_from_stats(reference, synthetic)
+                inception = not space.startswith("encoder")  # only Inception FID is on the paper's scale
                 rows.append({"set": origin, "features": space, "fid": round(value, 4), "real_images": reference.count,
-                             "synthetic_images": synthetic.count, "paper_fid (Inception)": PAPER_FID[origin],
+                             "synthetic_images": synthetic.count,
+                             "paper_fid (Inception)": PAPER_FID[origin] if inception else None,
                              "model_version": f"{picks['model_name'][0]}/{picks['model_version'][0]}"})
                 log_metrics(client, picks["mlflow_run_id"][0],
                             {f"fid_{'encoder' if space.startswith('encoder') else 'inception'}_{origin}_set": value})
@@ -455,7 +467,7 @@ def gan_fid(context: dg.AssetExecutionContext, settings: SettingsResource, stora
     return dg.MaterializeResult(metadata={
         "fid": dg.MetadataValue.md(markdown_table(rows)),
         **{f"fid_encoder_{r['set']}": r["fid"] for r in rows if r["features"].startswith("encoder")},
-        "note": "encoder-space FID is not on the Inception scale of the paper's 16 / 72; compare runs with each other",
+        "note": FID_NOTE,
         "path": dg.MetadataValue.path(str(out)),
     })
 
