@@ -41,7 +41,9 @@ SAMPLE_REGION = "sample_region"
 MLFLOW = "mlflow"
 
 CATALOG = Path("catalog", "tiles.parquet")
+CATALOG_MAP = Path("catalog", "tiles.png")
 SPLITS = Path("splits", "splits.parquet")
+SPLITS_MAP = Path("splits", "splits.png")
 SEGMENTATION_TABLES = Path("eval", "segmentation", "tables.md")
 FID_REPORT = Path("eval", "generation", "fid.json")
 CAPTION_EVAL = Path("eval", "captions")

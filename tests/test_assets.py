@@ -42,6 +42,10 @@ def test_catalog_patches_and_splits(resources, instance, data_root):
 
     result = materialize([splits], resources, instance)
     assert check_results(result) == {"splits_disjoint": True, "splits_complete": True}
+    meta = result.asset_materializations_for_node("splits")[0].metadata
+    assert meta["map"].value.startswith("![patches by split](data:image/png;base64,")
+    assert (data_root / "splits" / "splits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (data_root / "catalog" / "tiles.png").exists()
     table = pl.read_parquet(data_root / "splits" / "splits.parquet")
     assert table.height == total and set(table["split"]) == {"train", "val", "test"}
     latest = instance.get_latest_materialization_event(dg.AssetKey("splits"))

@@ -7,6 +7,7 @@ import polars as pl
 from aras_assets import layout
 from aras_assets.errors import step_errors
 from aras_assets.landcover import CLASS_NAMES, label_lut
+from aras_assets.maps import catalog_map, splits_map
 from aras_assets.partitions import S2_TILE_PARTITIONS, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table, pair_grid
 from aras_assets.settings import SettingsResource
@@ -46,7 +47,12 @@ def tile_catalog(context: dg.AssetExecutionContext, settings: SettingsResource,
     context.instance.add_dynamic_partitions(S2_TILE_PARTITIONS, new)
     context.log.info(f"catalog: {len(tiles)} S2 tiles over {catalog['wc_tile'].n_unique()} WorldCover tiles; "
                      f"{len(new)} new partitions")
+    footprints = {r["s2_tile"]: (r["west"], r["south"], r["east"], r["north"]) for r in catalog.iter_rows(named=True)}
+    picture = catalog_map(s.bbox, footprints)
+    storage.write_bytes(storage.path(layout.CATALOG_MAP), picture)
     return dg.MaterializeResult(metadata={
+        "map": dg.MetadataValue.md(markdown_image(picture, "catalog tiles in the bounding box")),
+        "map_path": dg.MetadataValue.path(str(storage.path(layout.CATALOG_MAP))),
         "s2_tiles": len(tiles),
         "worldcover_tiles": catalog["wc_tile"].n_unique(),
         "new_partitions": len(new),
@@ -139,9 +145,17 @@ def splits(context: dg.AssetExecutionContext, settings: SettingsResource,
     counts = {name: written.filter(pl.col("split") == name).height for name in SPLITS}
     context.log.info(f"splits: {counts} over {written['block_id'].n_unique()} blocks ({s.split_method})")
     version = splits_version(written)
+    bounds = written.select("patch_id", "split").join(
+        patches.select("patch_id", "lon_min", "lat_min", "lon_max", "lat_max"), on="patch_id")
+    footprints = {r["s2_tile"]: (r["west"], r["south"], r["east"], r["north"])
+                  for r in read_catalog(storage).iter_rows(named=True) if r["s2_tile"] in set(patches["s2_tile"])}
+    picture = splits_map([((w, so, e, n), split) for _, split, w, so, e, n in bounds.iter_rows()], footprints)
+    storage.write_bytes(storage.path(layout.SPLITS_MAP), picture)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
-        metadata={**counts, "method": s.split_method, "blocks": written["block_id"].n_unique(),
+        metadata={**counts, "map": dg.MetadataValue.md(markdown_image(picture, "patches by split")),
+                  "map_path": dg.MetadataValue.path(str(storage.path(layout.SPLITS_MAP))),
+                  "method": s.split_method, "blocks": written["block_id"].n_unique(),
                   "tiles_missing": len(missing), "version": version, "path": dg.MetadataValue.path(str(out))},
         check_results=[dg.AssetCheckResult(check_name=n, passed=not p, metadata={"problems": "; ".join(p[:5])})
                        for n, p in problems.items()])

@@ -35,13 +35,17 @@ def read_tile_manifest(storage: StorageResource, tile: str, columns: list[str]) 
     return read_parquet_checked(path, columns)
 
 
+BOUNDS = ("lon_min", "lat_min", "lon_max", "lat_max")  # a patch's footprint in degrees
+
+
 def read_manifests(storage: StorageResource, tiles: list[str]) -> tuple[pl.DataFrame, list[str]]:
     """The manifests of the given tiles that exist, and the tiles that have none yet."""
     have = [t for t in tiles if storage.path(layout.patch_manifest(t)).exists()]
     missing = [t for t in tiles if t not in have]
     if not have:
-        return pl.DataFrame(schema={"patch_id": pl.String, "s2_tile": pl.String, "row": pl.Int32, "col": pl.Int32}), missing
-    frames = [read_parquet_checked(storage.path(layout.patch_manifest(t)), ["patch_id", "s2_tile", "row", "col"])
+        return pl.DataFrame(schema={"patch_id": pl.String, "s2_tile": pl.String, "row": pl.Int32, "col": pl.Int32,
+                                    **dict.fromkeys(BOUNDS, pl.Float64)}), missing
+    frames = [read_parquet_checked(storage.path(layout.patch_manifest(t)), ["patch_id", "s2_tile", "row", "col", *BOUNDS])
               for t in have]
     return pl.concat(frames), missing
 
