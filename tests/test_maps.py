@@ -29,4 +29,20 @@ def test_catalog_map_outlines_the_bounding_box() -> None:
     pixels = picture(catalog_map(bbox, {"N38E029": (29.0, 38.0, 29.2, 38.2)}))
     canvas = _Canvas(bbox, 3)
     x, y = canvas.xy(29.5, 39.0)  # a point on the box's north edge
-    assert tuple(pixels[int(round(y)), int(x)]) == BBOX_COLOUR
+    assert tuple(pixels[round(y), int(x)]) == BBOX_COLOUR
+
+
+def test_previews_carry_ids_and_the_class_legend(tmp_path) -> None:
+    from aras_assets.landcover import PALETTE
+    from aras_assets.previews import pair_grid, picture_rows
+
+    image, mask = tmp_path / "i.png", tmp_path / "m.png"
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(image)
+    Image.new("RGB", (8, 8), tuple(PALETTE[0].tolist())).save(mask)
+    plain = picture(pair_grid([(image, mask)], thumb=32, legend=False))
+    shown = picture(pair_grid([(image, mask)], thumb=32, labels=["N38E029_000_000"]))
+    assert shown.shape[0] > plain.shape[0] + 40  # the id row and the legend rows below the pictures
+    colours = {tuple(c) for c in shown[plain.shape[0]:].reshape(-1, 3).tolist()}
+    assert {tuple(c) for c in PALETTE.tolist()} <= colours  # every class's swatch is in the legend
+    rows = picture(picture_rows([[np.zeros((4, 4, 3), np.uint8)]], thumb=16, labels=["uncond_0000_00001"]))
+    assert rows.shape[1] >= 6 * len("uncond_0000_00001")  # wide enough for its id

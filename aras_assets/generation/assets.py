@@ -351,7 +351,7 @@ def uncond_images(context: dg.AssetExecutionContext, settings: SettingsResource,
 
         manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
     grid = picture_rows([[resized_image(storage.inside(p, "row"), s.gan_resolution)
-                          for p in manifest["image_path"][:GRID_SAMPLES]]])
+                          for p in manifest["image_path"][:GRID_SAMPLES]]], labels=manifest["image_id"][:GRID_SAMPLES].to_list())
     return dg.MaterializeResult(metadata=generation_metadata(manifest, new, ref, partition, grid,
                                                              f"shard {shard} samples"))
 
@@ -400,8 +400,8 @@ def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, s
         manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
     picks = manifest.head(GRID_SAMPLES)
     grid = picture_rows([[resized_image(storage.inside(p, "row"), s.gan_resolution) for p in picks["mask_path"]],
-                         [resized_image(storage.inside(p, "row"), s.gan_resolution) for p in picks["image_path"]]]) \
-        if picks.height else b""
+                         [resized_image(storage.inside(p, "row"), s.gan_resolution) for p in picks["image_path"]]],
+                        labels=picks["image_id"].to_list(), legend=True) if picks.height else b""
     metadata = generation_metadata(manifest, new, ref, partition, grid, "mask above its synthetic image") \
         if picks.height else {"images": 0, "model_version": str(ref), "note": f"tile {tile} has no training patches"}
     return dg.MaterializeResult(metadata=metadata)

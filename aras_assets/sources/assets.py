@@ -121,7 +121,8 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
         sample = manifest.sample(n=min(8, manifest.height), seed=0).sort("patch_id")
         pairs = [(storage.inside(r["image_path"], r["patch_id"]), storage.inside(r["mask_path"], r["patch_id"]))
                  for r in sample.iter_rows(named=True)]
-        metadata["preview"] = dg.MetadataValue.md(markdown_image(pair_grid(pairs, thumb=64), f"{tile} patches"))
+        grid = pair_grid(pairs, thumb=64, labels=sample["patch_id"].to_list())
+        metadata["preview"] = dg.MetadataValue.md(markdown_image(grid, f"{tile} patches: image and mask"))
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
