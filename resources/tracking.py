@@ -17,6 +17,7 @@ class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str = ""
     artifact_root: str = ""
     experiment: str = "aras"
+    ui_url: str = "http://127.0.0.1:5000"  # where `mlflow ui` serves: the base of the run and model links in metadata
 
     def _folder(self) -> Path:
         return Path(default_data_root()).resolve() / "mlflow"
@@ -48,4 +49,17 @@ class MlflowResource(dg.ConfigurableResource):
         return client.create_experiment(name, artifact_location=self.resolved_artifact_root)
 
     def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.resolved_tracking_uri}"
+        from urllib.parse import urlsplit
+
+        where = urlsplit(self.ui_url)
+        return (f"mlflow ui --backend-store-uri {self.resolved_tracking_uri} --host {where.hostname or '127.0.0.1'} "
+                f"--port {where.port or 5000}")
+
+    def run_url(self, run_id: str) -> dg.MetadataValue:
+        """A link to the run's page in the MLflow UI."""
+        experiment = self.client().get_run(run_id).info.experiment_id
+        return dg.MetadataValue.url(f"{self.ui_url.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}")
+
+    def model_version_url(self, name: str, version: str) -> dg.MetadataValue:
+        """A link to a registered model version's page in the MLflow UI."""
+        return dg.MetadataValue.url(f"{self.ui_url.rstrip('/')}/#/models/{name}/versions/{version}")

@@ -124,3 +124,12 @@ def test_reported_evaluation_is_fp32_and_equals_sklearn(monkeypatch) -> None:
     client = Client()
     mlflow_runs.log_metrics(client, "run", {**scores, "nan": float("nan")})
     assert "test_f1_water" not in client.logged and "nan" not in client.logged and "test_f1" in client.logged
+
+
+def test_scores_are_reported_in_percent_with_two_decimals_and_absent_classes_stay_null() -> None:
+    from aras_assets.segmentation.metrics import as_percent
+
+    got = as_percent({"val_f1": 0.672549, "test_iou_water": None, "epoch/val_accuracy": 0.5, "train_loss": 0.123456,
+                      "epoch": 3, "lr": 0.001, "train_images_per_s": 12.5})
+    assert got == {"val_f1": 67.25, "test_iou_water": None, "epoch/val_accuracy": 50.0, "train_loss": 0.123456,
+                   "epoch": 3, "lr": 0.001, "train_images_per_s": 12.5}

@@ -272,7 +272,9 @@ def train_gan(kind: str, context: dg.AssetExecutionContext, s: Settings, storage
     storage.write_bytes(job.folder / layout.MODEL_RECORD, json.dumps(record, indent=2).encode())
     context.log.info(f"registered {ref}; FID (segmentation-encoder features) {done.final_fid:.3f}")
     return dg.MaterializeResult(data_version=dg.DataVersion(str(ref)),
-                                metadata=gan_metadata(job, result, done, run_id, mlflow.ui_command(), s.gan_resolution))
+                                metadata={**gan_metadata(job, result, done, run_id, mlflow.ui_command(), s.gan_resolution),
+                                          "mlflow_run": mlflow.run_url(run_id),
+                                          "mlflow_model_version": mlflow.model_version_url(done.ref.name, done.ref.version)})
 
 
 def sample_grid(kind: str, G: torch.nn.Module, records: pl.DataFrame, storage: StorageResource, size: int,

@@ -29,7 +29,7 @@ from aras_assets.partitions import arch_partitions, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table
 from aras_assets.segmentation.data import PatchDataset, make_loader, read_image, read_mask, split_records
 from aras_assets.segmentation.labeler_asset import labeler_asset
-from aras_assets.segmentation.metrics import ConfusionMatrix, SegmentationScores, scores_from_confusion
+from aras_assets.segmentation.metrics import ConfusionMatrix, SegmentationScores, as_percent, scores_from_confusion
 from aras_assets.segmentation.models import (
     ModelSpec,
     build_model,
@@ -127,7 +127,8 @@ class SegTrained:
 
     @property
     def best_f1(self) -> float:
-        return self.result.best_scores["val_f1"]
+        """The best epoch's validation macro F1, in percent."""
+        return as_percent(self.result.best_scores)["val_f1"]
 
 
 def train_and_validate(job: SegTraining, client: Any, run_id: str, device: TorchDeviceResource,
@@ -135,7 +136,9 @@ def train_and_validate(job: SegTraining, client: Any, run_id: str, device: Torch
     """Train (epoch metrics go to the run), then validate the best checkpoint."""
 
     def on_epoch(record: dict[str, float], scores: SegmentationScores) -> None:
-        log_metrics(client, run_id, record, step=int(record["epoch"]))
+        # curves under epoch/: the run's own val_* are the best epoch's (logged once, at the end)
+        log_metrics(client, run_id, {f"epoch/{k}": v for k, v in as_percent(record).items() if k != "epoch"},
+                    step=int(record["epoch"]))
 
     result = train(job.model, job.spec, job.train_set, job.val_set, job.config, device.runtime(), job.folder,
                    job.data_version, job.resume, extra={"mlflow_run_id": run_id}, on_epoch=on_epoch, log=log)
@@ -164,7 +167,7 @@ def register_trained(job: SegTraining, trained: SegTrained, client: Any, run_id:
     with tempfile.TemporaryDirectory() as scratch:
         log_image(client, run_id, confusion, "plots/val_confusion.png", Path(scratch))
         log_image(client, run_id, grid, "plots/val_predictions.png", Path(scratch))
-    log_metrics(client, run_id, {"best_val_f1": trained.best_f1, "best_epoch": result.best_epoch})
+    log_metrics(client, run_id, {**as_percent(result.best_scores), "best_epoch": result.best_epoch})  # the run's summary
     ref = register_model(tracking_uri, run_id, trained.best, result.best_path, job.arch, trained.best_f1,
                          origin.version_tags(encoder=job.spec.encoder, best_epoch=str(result.best_epoch)))
     return SegRegistered(ref, promote_champion(client), confusion, grid)
@@ -173,8 +176,9 @@ def register_trained(job: SegTraining, trained: SegTrained, client: Any, run_id:
 def model_metadata(job: SegTraining, trained: SegTrained, done: SegRegistered, run_id: str,
                    mlflow_ui: str) -> dict[str, Any]:
     result, ref = trained.result, done.ref
-    history = [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()
-                if k in ("epoch", "train_loss", "val_loss", "val_f1", "val_accuracy", "lr")} for h in result.history]
+    history = [{k: round(v, 4) if isinstance(v, float) and k in ("train_loss", "val_loss", "lr") else v
+                for k, v in as_percent(h).items() if k in ("epoch", "train_loss", "val_loss", "val_f1", "val_accuracy", "lr")}
+               for h in result.history]
     return {
         "model_version": f"{ref.name}/{ref.version}",
         "model_uri": ref.uri,
@@ -182,7 +186,7 @@ def model_metadata(job: SegTraining, trained: SegTrained, done: SegRegistered, r
         "mlflow_ui": mlflow_ui,
         "champion": str(done.champion),
         "val_f1": trained.best_f1,
-        "val_accuracy": result.best_scores["val_accuracy"],
+        "val_accuracy": as_percent(result.best_scores)["val_accuracy"],
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
@@ -229,9 +233,11 @@ def segmentation_model(context: dg.AssetExecutionContext, settings: SettingsReso
               "mlflow_run_id": run_id, "best_epoch": result.best_epoch, "val_f1": trained.best_f1,
               "splits_version": job.data_version, "epochs_run": len(result.history), "resumed_from": result.resumed_from}
     storage.write_bytes(job.folder / layout.MODEL_RECORD, json.dumps(record, indent=2).encode())
-    context.log.info(f"registered {ref} (val macro F1 {trained.best_f1:.4f}); champion is {done.champion}")
+    context.log.info(f"registered {ref} (val macro F1 {trained.best_f1:.2f}%); champion is {done.champion}")
     return dg.MaterializeResult(data_version=dg.DataVersion(f"{ref.name}/{ref.version}"),
-                                metadata=model_metadata(job, trained, done, run_id, mlflow.ui_command()))
+                                metadata={**model_metadata(job, trained, done, run_id, mlflow.ui_command()),
+                                          "mlflow_run": mlflow.run_url(run_id),
+                                          "mlflow_model_version": mlflow.model_version_url(done.ref.name, done.ref.version)})
 
 
 def evaluated_results(storage: StorageResource) -> dict[str, SegmentationScores]:
@@ -278,16 +284,18 @@ def segmentation_eval(context: dg.AssetExecutionContext, settings: SettingsResou
     tables = (f"## Table 3 (macro, %)\n\n{table3_markdown(everything)}\n\n"
               f"## Table 4 (per-class F1, %)\n\n{table4_markdown(everything)}\n")
     storage.write_bytes(storage.path(layout.SEGMENTATION_TABLES), tables.encode())
-    log_metrics(client, ref.run_id, scores.as_dict("test_"))
+    log_metrics(client, ref.run_id, as_percent(scores.as_dict("test_")))
     with tempfile.TemporaryDirectory() as scratch:
         log_image(client, ref.run_id, confusion, "plots/test_confusion.png", Path(scratch))
-    context.log.info(f"{ref} on {len(test_set)} test patches: macro F1 {scores.f1:.4f}, accuracy {scores.accuracy:.4f}")
+    context.log.info(f"{ref} on {len(test_set)} test patches: macro F1 {100 * scores.f1:.2f}%, accuracy {100 * scores.accuracy:.2f}%")
     return dg.MaterializeResult(metadata={
         "model_version": str(ref),
         "mlflow_run_id": ref.run_id,
+        "mlflow_run": mlflow.run_url(ref.run_id),
+        "mlflow_model_version": mlflow.model_version_url(ref.name, ref.version),
         "test_patches": len(test_set),
         "test_pixels": matrix.total,
-        **{k: None if v is None else round(100 * v, 2) for k, v in scores.as_dict("test_").items()},  # None: absent
+        **as_percent(scores.as_dict("test_")),  # None: a class absent from truth and prediction
         "table3": dg.MetadataValue.md(table3_markdown({arch: scores})),
         "table4": dg.MetadataValue.md(table4_markdown({arch: scores})),
         "all_architectures": dg.MetadataValue.path(str(storage.path(layout.SEGMENTATION_TABLES))),

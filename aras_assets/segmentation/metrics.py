@@ -73,6 +73,18 @@ class SegmentationScores:
         return out
 
 
+SCORE_NAMES = ("f1", "iou", "precision", "recall", "accuracy")
+
+
+def as_percent(values: dict[str, float | None]) -> dict[str, float | None]:
+    """Scores (keys naming a score, e.g. val_f1, test_iou_water) as percent with two decimals,
+    the one unit every report uses; None (a class absent from truth and prediction) stays None;
+    anything else (epoch, losses, learning rate) as it is."""
+    def is_score(key: str) -> bool:
+        return any(part in SCORE_NAMES for part in key.replace("/", "_").split("_"))
+    return {k: (None if v is None else round(100 * v, 2)) if is_score(k) else v for k, v in values.items()}
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros(num.shape, dtype=np.float64), where=den > 0)
 

@@ -16,7 +16,7 @@ from aras_assets.mlflow_runs import ModelVersionRef, NoModelError, move_alias, r
 
 MODEL_PREFIX = "aras-segmentation-"
 CHAMPION = "champion"
-SELECTION_METRIC = "val_f1"
+SELECTION_METRIC = "val_f1_pct"  # a version tag: the validation macro F1 in percent, as every report
 REQUIREMENTS = ("torch", "segmentation-models-pytorch")
 
 
