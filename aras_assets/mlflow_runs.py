@@ -9,8 +9,11 @@ hands one out)."""
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
+import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -24,6 +27,19 @@ if TYPE_CHECKING:  # only the annotations need torch; readers of runs should not
     import torch
 
 CHECKPOINT_FILE = "checkpoint.pt"  # our checkpoint's name inside every registered version
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str:
+    """The commit of the code that trains, when it runs from a git checkout; "unknown" otherwise."""
+    try:
+        found = subprocess.run(["git", "-C", str(PROJECT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                               timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = found.stdout.strip()
+    return commit if found.returncode == 0 and len(commit) == 40 else "unknown"
 
 
 @dataclass(frozen=True)
@@ -60,11 +76,12 @@ class RunOrigin:
         tags = {"dagster.run_id": self.dagster_run_id, "dagster.asset_key": self.asset_key}
         if self.partition is not None:
             tags["dagster.partition"] = self.partition
-        return {**tags, "aras.splits_version": self.splits_version, **{f"aras.{k}": v for k, v in aras.items()}}
+        return {**tags, "aras.splits_version": self.splits_version, "mlflow.source.git.commit": source_commit(),
+                **{f"aras.{k}": v for k, v in aras.items()}}
 
     def version_tags(self, **aras: str) -> dict[str, str]:
         return {"dagster.run_id": self.dagster_run_id, "aras.splits_version": self.splits_version,
-                **{f"aras.{k}": v for k, v in aras.items()}}
+                "aras.source_commit": source_commit(), **{f"aras.{k}": v for k, v in aras.items()}}
 
 
 def use_store(tracking_uri: str) -> None:
@@ -125,10 +142,21 @@ def log_image(client: Any, run_id: str, png: bytes, artifact_file: str, scratch:
     client.log_artifact(run_id, str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)
 
 
+def log_dataset(client: Any, run_id: str, name: str, digest: str, source: Path, context: str = "training") -> None:
+    """Record a dataset the run read (MLflow's run inputs): its name, content digest and where it lies."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": source.as_uri()}))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+
 def register_version(tracking_uri: str, run_id: str, model: torch.nn.Module, checkpoint: Path, name: str,
-                     tags: Mapping[str, str], requirements: tuple[str, ...], score: float = math.nan) -> ModelVersionRef:
+                     tags: Mapping[str, str], requirements: tuple[str, ...], score: float = math.nan,
+                     description: str = "", model_description: str = "", input_example: Any = None) -> ModelVersionRef:
     """Log the network (pytorch flavour, loadable with mlflow.pytorch.load_model) with our
-    checkpoint as an extra file, register it as a new version of `name` and tag the version."""
+    checkpoint as an extra file, register it as a new version of `name` and tag the version.
+    An `input_example` (a numpy batch) is stored with the model and gives it its signature;
+    `description` describes the version, `model_description` the registered model."""
     import mlflow
 
     use_store(tracking_uri)
@@ -138,13 +166,17 @@ def register_version(tracking_uri: str, run_id: str, model: torch.nn.Module, che
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(model.cpu().eval(), name="model", serialization_format="pickle",
                                             extra_files=[str(staged)], registered_model_name=name,
-                                            pip_requirements=list(requirements))
+                                            pip_requirements=list(requirements), input_example=input_example)
     finally:
         staged.unlink(missing_ok=True)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient(tracking_uri, tracking_uri)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+    if description:
+        client.update_model_version(name, version, description=description)
+    if model_description:
+        client.update_registered_model(name, description=model_description)
     return ModelVersionRef(name, version, run_id, score)
 
 

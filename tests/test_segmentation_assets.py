@@ -102,6 +102,17 @@ def test_mlflow_has_run_version_and_champion(trained) -> None:
     mlflow.set_tracking_uri(trained["resources"]["mlflow"].resolved_tracking_uri)
     loaded = mlflow.pytorch.load_model(f"models:/{model_name(best)}@{CHAMPION}")
     assert sum(p.numel() for p in loaded.parameters()) == meta[best]["parameters"]
+    # As the MLflow docs describe a model entry: signature, input example, descriptions, source commit, inputs.
+    info = mlflow.models.get_model_info(f"models:/{model_name(best)}@{CHAMPION}")
+    assert info.signature is not None and info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:] == [3, 256, 256]
+    assert info.saved_input_example_info is not None
+    version = client.get_model_version(model_name(best), "1")
+    assert "validation macro F1" in version.description and "segmentation" in client.get_registered_model(
+        model_name(best)).description
+    assert len(version.tags["aras.source_commit"]) in (40, len("unknown"))
+    inputs = client.get_run(version.run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["splits"]
+    assert inputs[0].dataset.digest == run.data.tags["aras.splits_version"][:36]
 
 
 def test_eval_writes_tables_beside_the_paper(trained) -> None:

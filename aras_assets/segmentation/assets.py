@@ -21,6 +21,7 @@ from aras_assets.mlflow_runs import (
     NoModelError,
     RunOrigin,
     download_checkpoint,
+    log_dataset,
     log_image,
     log_metrics,
     tracked_run,
@@ -94,6 +95,7 @@ class SegTraining:
     resume: ResumeState | None
     model: torch.nn.Module
     data_version: str
+    splits_path: Path  # the splits file the data version digests (an MLflow run input)
 
     def params(self, s: Settings, device: str) -> dict[str, Any]:
         return {**{f"train.{k}": v for k, v in self.config.__dict__.items()}, "arch": self.arch,
@@ -112,7 +114,8 @@ def prepare_training(storage: StorageResource, s: Settings, arch: str, log: Call
     folder = storage.writable_dir(layout.seg_model_dir(arch))
     resume = plan_resume(folder, spec, config, data_version, log=log)
     model = build_model(spec, encoder_weights_path(s.seg_encoder_weights, spec.encoder))
-    return SegTraining(arch, spec, config, train_set, val_set, folder, resume, model, data_version)
+    return SegTraining(arch, spec, config, train_set, val_set, folder, resume, model, data_version,
+                       storage.path(layout.SPLITS))
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,14 @@ def register_trained(job: SegTraining, trained: SegTrained, client: Any, run_id:
         log_image(client, run_id, confusion, "plots/val_confusion.png", Path(scratch))
         log_image(client, run_id, grid, "plots/val_predictions.png", Path(scratch))
     log_metrics(client, run_id, {**as_percent(result.best_scores), "best_epoch": result.best_epoch})  # the run's summary
+    log_dataset(client, run_id, "splits", job.data_version, job.splits_path)
+    example = job.val_set[0][0].unsqueeze(0).numpy()  # one normalized patch: the model's signature
     ref = register_model(tracking_uri, run_id, trained.best, result.best_path, job.arch, trained.best_f1,
-                         origin.version_tags(encoder=job.spec.encoder, best_epoch=str(result.best_epoch)))
+                         origin.version_tags(encoder=job.spec.encoder, best_epoch=str(result.best_epoch)),
+                         description=f"{job.arch} on {job.spec.encoder}, trained on splits {job.data_version} "
+                                     f"({len(job.train_set)} patches); best epoch {result.best_epoch} of "
+                                     f"{len(result.history)}, validation macro F1 {trained.best_f1:.2f}%.",
+                         input_example=example)
     return SegRegistered(ref, promote_champion(client), confusion, grid)
 
 
@@ -287,7 +296,8 @@ def segmentation_eval(context: dg.AssetExecutionContext, settings: SettingsResou
     log_metrics(client, ref.run_id, as_percent(scores.as_dict("test_")))
     with tempfile.TemporaryDirectory() as scratch:
         log_image(client, ref.run_id, confusion, "plots/test_confusion.png", Path(scratch))
-    context.log.info(f"{ref} on {len(test_set)} test patches: macro F1 {100 * scores.f1:.2f}%, accuracy {100 * scores.accuracy:.2f}%")
+    context.log.info(f"{ref} on {len(test_set)} test patches: macro F1 {100 * scores.f1:.2f}%, "
+                     f"accuracy {100 * scores.accuracy:.2f}%")
     return dg.MaterializeResult(metadata={
         "model_version": str(ref),
         "mlflow_run_id": ref.run_id,

@@ -25,11 +25,16 @@ def model_name(arch: str) -> str:
 
 
 def register_model(tracking_uri: str, run_id: str, model: torch.nn.Module, checkpoint: Path, arch: str,
-                   score: float, tags: Mapping[str, str]) -> ModelVersionRef:
+                   score: float, tags: Mapping[str, str], description: str = "", input_example: Any = None) -> ModelVersionRef:
     """Register a segmentation network as a new version of aras-segmentation-<arch>, tagged
-    with its validation score (the champion is chosen by it)."""
+    with its validation score (the champion is chosen by it); `input_example` gives the model
+    its signature (a float32 batch of normalized RGB patches in, class logits out)."""
     return register_version(tracking_uri, run_id, model, checkpoint, model_name(arch),
-                            {SELECTION_METRIC: f"{score:.6f}", **tags}, REQUIREMENTS, score=score)
+                            {SELECTION_METRIC: f"{score:.6f}", **tags}, REQUIREMENTS, score=score,
+                            description=description, input_example=input_example,
+                            model_description=f"{arch} segmentation of the 7 ARAS land-cover classes (tree, shrub, grass, "
+                                              "crop, built-up, barren, water) from 256x256 RGB patches normalized as the "
+                                              "patches are; the output is one logit map per class.")
 
 
 def segmentation_versions(client: Any) -> list[ModelVersionRef]:
