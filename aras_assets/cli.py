@@ -70,6 +70,10 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
         with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True):
             print(f"  captions per (model, method), the paper's Table 2 beside (%):\n"
                   f"{table.with_columns(pl.col('redundancy_pct').round(2))}")
+    export = root / "export"
+    if (export / "README.md").exists():
+        print(f"  export:      {export}/{{train,val,test,synth}}.zip, MD5.md, stac/, croissant.json, README.md "
+              "(the release layout; `aras import` takes it in)")
     print(f"  Dagster UI:  aras ui   (or: DAGSTER_HOME={summary.dagster_home} dagster dev)")
     print(f"  MLflow UI:   {MlflowResource().ui_command()}")
     return 0

@@ -316,3 +316,46 @@ def test_cli_export_and_import(source_root: Path, tmp_path: Path, monkeypatch: p
     proc = subprocess.run([sys.executable, "-m", "aras_assets.cli", "lineage", "--no-runs", "N38E029_000_000"],
                           env={"ARAS_DATA_ROOT": str(fresh), "PATH": ""}, capture_output=True, text=True)
     assert proc.returncode in (0, 1)
+
+
+def test_release_tile_source_runs_the_later_stages_in_dagster(exported: Path, tmp_path: Path) -> None:
+    """An imported export, re-materialized through Dagster with tile_source=release, then captioned
+    (one tile's imported captions removed, so that tile is captioned anew), evaluated and exported."""
+    import dagster as dg
+
+    from aras_assets.captions.assets import ASSETS as CAPTION_ASSETS
+    from aras_assets.captions.assets import caption_eval, real_captions, real_compositions
+    from aras_assets.exchange.assets import ASSETS as EXCHANGE_ASSETS
+    from aras_assets.exchange.assets import dataset_export
+    from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
+    from aras_assets.sources.assets import real_patches, splits, tile_catalog
+    from tests.conftest import make_resources
+
+    root = tmp_path / "data"
+    import_release(exported, root, S2_TEMPLATE, WC_TEMPLATE)
+    before = {t: pl.read_parquet(root / layout.patch_manifest(t)) for t in TILES}
+    shutil.rmtree(root / layout.captions_dir(layout.REAL, TILES[1]))
+    resources = make_resources(root, Path(layout.RELEASE_SOURCE), s2_uri_template=S2_TEMPLATE, wc_uri_template=WC_TEMPLATE)
+    with dg.instance_for_test() as instance:
+        def run(selection: list, key: str | None = None) -> dg.ExecuteInProcessResult:
+            return dg.materialize([*SOURCE_ASSETS, *CAPTION_ASSETS, *EXCHANGE_ASSETS], selection=selection,
+                                  resources=resources, instance=instance, partition_key=key)
+
+        run([tile_catalog])
+        assert sorted(instance.get_dynamic_partitions("s2_tile")) == sorted(TILES)
+        for tile in TILES:
+            result = run([real_patches], tile)
+            assert all(c.passed for c in result.get_asset_check_evaluations())
+            assert pl.read_parquet(root / layout.patch_manifest(tile)).equals(before[tile])
+        result = run([splits])
+        assert all(c.passed for c in result.get_asset_check_evaluations())
+        for tile in TILES:
+            run([real_compositions, real_captions], tile)
+        result = run([caption_eval, dataset_export])
+    kept = pl.read_parquet(root / layout.captions_file(layout.REAL, TILES[0]))
+    fresh = pl.read_parquet(root / layout.captions_file(layout.REAL, TILES[1]))
+    assert set(kept["backend"]) == {"offline"} and kept.height == 2 * before[TILES[0]].height  # the imported ones
+    assert fresh.height == 3 * 5 * before[TILES[1]].height  # captioned now: 3 modes x 5
+    meta = result.asset_materializations_for_node("caption_eval")[0].metadata
+    assert meta["captions"].value == kept.height + fresh.height + 2  # + the synthetic image's two
+    assert (root / layout.EXPORT / "train.zip").is_file()

@@ -75,7 +75,8 @@ def read_synthetic(root: Path) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema={c: pl.String for c in ("image_id", "origin", "image_path", "mask_path")})
     images = pl.concat(frames, how="diagonal_relaxed")
-    labels = [read_parquet_checked(p, ["image_id", "mask_path"]) for p in sorted(root.glob(layout.label_manifests("uncond_labels")))]
+    labels = [read_parquet_checked(p, ["image_id", "mask_path"])
+              for p in sorted(root.glob(layout.label_manifests("uncond_labels")))]
     if labels:
         labelled = pl.concat(labels).rename({"mask_path": "label_path"})
         images = images.join(labelled, on="image_id", how="left").with_columns(
@@ -123,7 +124,8 @@ def write_release(root: Path, out: Path,
         names = [f"{pid}{rl.PNG}" for pid in rows["patch_id"]]
         pct = _pct_frame(names, rows.select(px_cols).to_numpy().reshape(len(names), len(px_cols)))
         entries.append((f"{split}/{rl.CLASS_CSV}", _csv(pct)))
-        entries.append((f"{split}/{rl.CAPTION_CSV}", _csv(caption_csv(captions.filter(pl.col("image_id").is_in(rows["patch_id"]))))))
+        split_captions = captions.filter(pl.col("image_id").is_in(rows["patch_id"]))
+        entries.append((f"{split}/{rl.CAPTION_CSV}", _csv(caption_csv(split_captions))))
         rl.write_zip(out / rl.zip_name(split), entries)
         zips.append(rl.zip_name(split))
         say(f"{rl.zip_name(split)}: {rows.height} patches")

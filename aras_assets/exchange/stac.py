@@ -21,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
+from aras_assets import layout
 from aras_assets.exchange import release as rl
 from aras_assets.grid import CRS, PIXEL_DEG
 from aras_assets.ids import PATCH_SIZE
@@ -37,6 +38,10 @@ START, END = dt.datetime(2021, 1, 1, tzinfo=dt.UTC), dt.datetime(2021, 12, 31, 2
 PX_COLUMNS = [f"px_{c.name.replace('-', '_')}" for c in CLASSES]
 # Where the item JSON files lie relative to the export root (stac/<item>/<item>.json).
 TO_ROOT = "../../"
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
 
 
 def classification_classes() -> list[dict]:
@@ -65,8 +70,7 @@ def item_dict(row: dict, caption_file: str | None) -> dict:
         "geometry": {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]},
         "bbox": [w, s, e, n],
         "properties": {
-            "datetime": None, "start_datetime": START.isoformat().replace("+00:00", "Z"),
-            "end_datetime": END.isoformat().replace("+00:00", "Z"),
+            "datetime": None, "start_datetime": _iso(START), "end_datetime": _iso(END),
             "proj:code": CRS, "proj:shape": [PATCH_SIZE, PATCH_SIZE],
             "proj:transform": [PIXEL_DEG, 0.0, w, 0.0, -PIXEL_DEG, n],
             "label:properties": None, "label:type": "raster", "label:tasks": ["segmentation"],
@@ -101,7 +105,7 @@ def _collection(patches: pl.DataFrame, synthetic: int) -> dict:
                         "images with masks (synth.zip, not Items: they have no footprint). One Item per real patch."),
         "license": "CC-BY-4.0",
         "extent": {"spatial": {"bbox": [bbox]},
-                   "temporal": {"interval": [[START.isoformat().replace("+00:00", "Z"), END.isoformat().replace("+00:00", "Z")]]}},
+                   "temporal": {"interval": [[_iso(START), _iso(END)]]}},
         "summaries": {"ml-aoi:split": list(rl.SPLITS), "proj:code": [CRS],
                       "label:classes": [{"name": None, "classes": [c.name for c in CLASSES]}],
                       "classification:classes": classification_classes()},
@@ -119,7 +123,7 @@ def write_stac(out: Path, root: Path, json_items: bool = True) -> int:
     patches = pl.read_csv(out / rl.PATCHES_CSV, infer_schema_length=0)
     patches = patches.with_columns([pl.col(c).cast(pl.Float64) for c in ("lon_min", "lat_min", "lon_max", "lat_max")]
                                    + [pl.col(c).cast(pl.Int64) for c in ("row", "col", "x_off", "y_off", "width", "height")])
-    px = pl.concat([pl.read_parquet(p, columns=["patch_id", *PX_COLUMNS]) for p in sorted(root.glob("patches/*/manifest.parquet"))])
+    px = pl.concat([pl.read_parquet(p, columns=["patch_id", *PX_COLUMNS]) for p in sorted(root.glob(layout.PATCH_MANIFESTS))])
     patches = patches.join(px, on="patch_id", how="left").sort("patch_id")
     synthetic = pl.read_csv(out / rl.SYNTHETIC_CSV, infer_schema_length=0).height
     stac_dir = out / rl.STAC_DIR
