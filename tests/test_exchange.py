@@ -8,7 +8,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -299,7 +298,8 @@ def test_import_refuses_names_that_are_not_tile_row_col(tmp_path: Path) -> None:
     _refused(rel, tmp_path / "data", r"2 files.*N37E028_1_2\.png: name is not.*patch_17\.png: name is not")
 
 
-def test_cli_export_and_import(source_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_export_and_import(source_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture) -> None:
     from aras_assets.cli import main
 
     monkeypatch.setenv("ARAS_DATA_ROOT", str(source_root))
@@ -307,15 +307,21 @@ def test_cli_export_and_import(source_root: Path, tmp_path: Path, monkeypatch: p
     out.mkdir()
     (out / "x").write_text("x")
     assert main(["export", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: export target {out} exists and is not empty")
     assert main(["export", str(out), "--overwrite"]) == 0
     fresh = tmp_path / "fresh"
     monkeypatch.setenv("ARAS_DATA_ROOT", str(fresh))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    assert main(["import", str(out)]) == 0
+    assert main(["import", str(out), "--set", f"s2_uri_template={S2_TEMPLATE}"]) == 0
     assert sorted(p.parent.name for p in fresh.glob(layout.PATCH_MANIFESTS)) == sorted(TILES)
-    proc = subprocess.run([sys.executable, "-m", "aras_assets.cli", "lineage", "--no-runs", "N38E029_000_000"],
-                          env={"ARAS_DATA_ROOT": str(fresh), "PATH": ""}, capture_output=True, text=True)
-    assert proc.returncode in (0, 1)
+    capsys.readouterr()
+    assert main(["lineage", "--no-runs", "N38E029_000_000_text_0", "uncond_0000_00000"]) == 0
+    text = capsys.readouterr().out
+    assert "S2 tile:    N38E029  x 0, y 0, 256x256 px  https://example.org/s2/N38/N38E029.tif" in text
+    assert "imported from a release (imported); no seed" in text
+    assert main(["import", str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_release_tile_source_runs_the_later_stages_in_dagster(exported: Path, tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,14 +96,14 @@ def _pairs(folder: rl.ReleaseFolder, top: str, problems: list[str]) -> list[str]
     return sorted(images & masks)
 
 
-def read_release(source: Path, say: Callable[[str], None] = lambda _: None) -> tuple[ReleaseImport, dict[str, bytes]]:
-    """Check a release folder in full; return its records and the bytes of every file to stage
-    (paths relative to `release/`). Raises ReleaseError listing every bad file."""
+def read_release(source: Path, say: Callable[[str], None] = lambda _: None) -> tuple[ReleaseImport, dict[str, str]]:
+    """Check a release folder in full, one file at a time; return its records and, for every file
+    to stage, its SHA-256 by its path inside the release. Raises ReleaseError listing every bad file."""
     source = Path(source)
     verified = verify(source)  # a zip (or any file) whose MD5 differs from its table
     if verified:
         say(f"MD5 verified: {', '.join(sorted(verified))}")
-    files: dict[str, bytes] = {}
+    files: dict[str, str] = {}
     problems: list[str] = []
     rows = []
     seen: dict[str, str] = {}
@@ -127,11 +129,10 @@ def read_release(source: Path, say: Callable[[str], None] = lambda _: None) -> t
                     continue
                 p = parse_patch_id(pid)
                 image_rel, mask_rel = (layout.RELEASE / image_in).as_posix(), (layout.RELEASE / mask_in).as_posix()
-                files[image_in], files[mask_in] = image, mask
+                files[image_in], files[mask_in] = hashlib.sha256(image).hexdigest(), hashlib.sha256(mask).hexdigest()
                 rows.append({"patch_id": pid, "s2_tile": p.tile, "row": p.row, "col": p.col, "split": split,
                              "image_path": image_rel, "mask_path": mask_rel,
-                             "image_sha256": hashlib.sha256(image).hexdigest(),
-                             "mask_sha256": hashlib.sha256(mask).hexdigest(),
+                             "image_sha256": files[image_in], "mask_sha256": files[mask_in],
                              **{c: int(n) for c, n in zip(CLASS_COUNT_COLUMNS, counts, strict=True)}})
         synthetic = _read_synth(folder, files, problems)
         captions = _read_captions(folder, problems)
@@ -150,7 +151,7 @@ SYNTH_SCHEMA = {"image_id": pl.String, "origin": pl.String, "shard": pl.String, 
                 "mask_path": pl.String, "content_sha256": pl.String}
 
 
-def _read_synth(folder: rl.ReleaseFolder, files: dict[str, bytes], problems: list[str]) -> pl.DataFrame:
+def _read_synth(folder: rl.ReleaseFolder, files: dict[str, str], problems: list[str]) -> pl.DataFrame:
     """Synthetic images: a name that is one of our ids keeps it (and, for a conditional image, the
     conditioning patch `synthetic.csv` names); any other becomes `uncond_10000_<k>` in name order."""
     names = _pairs(folder, rl.SYNTH, problems)
@@ -183,12 +184,12 @@ def _read_synth(folder: rl.ReleaseFolder, files: dict[str, bytes], problems: lis
             problems.append(f"{folder.where(image_in)}: a conditional image with no conditioning patch in {csv_in}")
             continue
         folder_rel = layout.synthetic_dir(origin, shard)
-        files[image_in], files[mask_in] = image, mask
+        files[image_in], files[mask_in] = hashlib.sha256(image).hexdigest(), hashlib.sha256(mask).hexdigest()
         rows.append({"image_id": image_id, "origin": origin, "shard": shard, "index": index, "source_name": name,
                      "conditioning_patch_id": cond_patch,
                      "image_path": (folder_rel / rl.IMAGES / f"{image_id}{rl.PNG}").as_posix(),
                      "mask_path": (folder_rel / rl.MASKS / f"{image_id}{rl.PNG}").as_posix(),
-                     "content_sha256": hashlib.sha256(image).hexdigest()})
+                     "content_sha256": files[image_in]})
     return pl.DataFrame(rows, schema=SYNTH_SCHEMA)
 
 
@@ -265,6 +266,15 @@ def tile_manifest(index: pl.DataFrame, entry: dict, rel_dir: str) -> pl.DataFram
     return pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
 
 
+def _link(src: Path, dst: Path) -> None:
+    """The staged release file at a record's path: a hard link (no second copy on disk; files are
+    only ever replaced, never rewritten in place), or a copy where links are not possible."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def read_index(root: Path) -> pl.DataFrame:
     path = root / layout.RELEASE_INDEX
     if not path.is_file():
@@ -285,8 +295,8 @@ def materialize_release_tile(root: Path, entry: dict) -> pl.DataFrame:
         for sub in (rl.IMAGES, rl.MASKS):
             (stage / sub).mkdir()
         for r in index.filter(pl.col("s2_tile") == tile).iter_rows(named=True):
-            (stage / rl.IMAGES / f"{r['patch_id']}{rl.PNG}").write_bytes((root / r["image_path"]).read_bytes())
-            (stage / rl.MASKS / f"{r['patch_id']}{rl.PNG}").write_bytes((root / r["mask_path"]).read_bytes())
+            _link(root / r["image_path"], stage / rl.IMAGES / f"{r['patch_id']}{rl.PNG}")
+            _link(root / r["mask_path"], stage / rl.MASKS / f"{r['patch_id']}{rl.PNG}")
         write_parquet_atomic(manifest, stage / layout.MANIFEST)
         write_parquet_atomic(pl.DataFrame(schema=REJECTED_SCHEMA), stage / layout.REJECTED)
     return manifest
@@ -318,8 +328,11 @@ def import_release(source: Path, root: Path, s2_template: str, wc_template: str,
     """Check, stage and rebuild every record of a release folder under the data root."""
     found, files = read_release(source, say)
     root = Path(root)
-    with staged_directory(root / layout.RELEASE) as stage:
-        for inner, data in files.items():
+    with staged_directory(root / layout.RELEASE) as stage, rl.ReleaseFolder(Path(source)) as folder:
+        for inner, sha in files.items():
+            data = folder.read(inner)
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise ImportError_(f"{folder.where(inner)} changed while it was imported; import again")
             path = stage / inner
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
@@ -345,10 +358,10 @@ def _write_synthetic(root: Path, synthetic: pl.DataFrame) -> None:
         with staged_directory(final) as stage:
             for sub in (rl.IMAGES, rl.MASKS):
                 (stage / sub).mkdir()
+            src = root / layout.RELEASE / rl.SYNTH
             for r in rows.iter_rows(named=True):
-                src = root / layout.RELEASE / rl.SYNTH
-                (stage / rl.IMAGES / f"{r['image_id']}{rl.PNG}").write_bytes((src / rl.IMAGES / r["source_name"]).read_bytes())
-                (stage / rl.MASKS / f"{r['image_id']}{rl.PNG}").write_bytes((src / rl.MASKS / r["source_name"]).read_bytes())
+                _link(src / rl.IMAGES / r["source_name"], stage / rl.IMAGES / f"{r['image_id']}{rl.PNG}")
+                _link(src / rl.MASKS / r["source_name"], stage / rl.MASKS / f"{r['image_id']}{rl.PNG}")
             write_parquet_atomic(synthetic_manifest(rows.sort("index")), stage / layout.MANIFEST)
 
 
