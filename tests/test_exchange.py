@@ -41,12 +41,15 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def _captions(image_ids: list[str], origin: str) -> pl.DataFrame:
-    rows = [{"caption_id": f"{i}_{mode}_0", "image_id": i, "origin": origin, "mode": mode, "caption_index": 0,
-             "backend": "offline", "model": "offline-template", "prompt_hash": "abc123", "seed": 7,
-             "text": f"A scene, {i}, \"quoted\", with commas, in {mode} mode."} for i in image_ids for mode in ("text", "hybrid")]
-    return pl.DataFrame(rows, schema={"caption_id": pl.String, "image_id": pl.String, "origin": pl.String,
-                                      "mode": pl.String, "caption_index": pl.Int32, "backend": pl.String,
-                                      "model": pl.String, "prompt_hash": pl.String, "seed": pl.Int64, "text": pl.String})
+    from aras_assets.captions.captioning import CAPTION_SCHEMA
+
+    pairs = (("text", "Qwen3-4B-Instruct", "qwen3-4b-instruct"), ("hybrid", "Gemma3-4B-it", "gemma3-4b-it"))
+    rows = [{"caption_id": f"{i}_{mode}_{slug}_0", "image_id": i, "origin": origin, "mode": mode, "model": model,
+             "caption_index": 0, "backend": "openai", "served_model": f"org/{model}", "prompt_hash": "abc123",
+             "sampling": '{"n": 1, "temperature": 0.7}', "seed": 7,
+             "text": f"A scene, {i}, \"quoted\", with commas,\nin {mode} mode."}
+            for i in image_ids for mode, model, slug in pairs]
+    return pl.DataFrame(rows, schema=CAPTION_SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +153,7 @@ def test_round_trip_ids_pixels_splits_captions_and_lineage(source_root: Path, ex
     assert captions(root).equals(captions(source_root))
     # lineage traces imported records: a caption to its patch, window and tiles; a synthetic image without seed
     pid = pl.read_parquet(root / layout.patch_manifest(TILES[0]))["patch_id"][0]
-    record = trace(root, f"{pid}_text_0")
+    record = trace(root, f"{pid}_text_qwen3-4b-instruct_0")
     assert record["patch"]["s2_uri"] == S2_TEMPLATE.format(lat_band=pid[:3], tile=pid[:7])
     assert record["patch"]["wc_tile"] == "N36E027" and record["patch"]["normalization"] == layout.IMPORTED
     uncond, cond = trace_many(root, ["uncond_0000_00001", "cond_N38E029_00000"])
@@ -316,7 +319,7 @@ def test_cli_export_and_import(source_root: Path, tmp_path: Path, monkeypatch: p
     assert main(["import", str(out), "--set", f"s2_uri_template={S2_TEMPLATE}"]) == 0
     assert sorted(p.parent.name for p in fresh.glob(layout.PATCH_MANIFESTS)) == sorted(TILES)
     capsys.readouterr()
-    assert main(["lineage", "--no-runs", "N38E029_000_000_text_0", "uncond_0000_00000"]) == 0
+    assert main(["lineage", "--no-runs", "N38E029_000_000_text_qwen3-4b-instruct_0", "uncond_0000_00000"]) == 0
     text = capsys.readouterr().out
     assert "S2 tile:    N38E029  x 0, y 0, 256x256 px  https://example.org/s2/N38/N38E029.tif" in text
     assert "imported from a release (imported); no seed" in text
@@ -325,8 +328,8 @@ def test_cli_export_and_import(source_root: Path, tmp_path: Path, monkeypatch: p
 
 
 def test_release_tile_source_runs_the_later_stages_in_dagster(exported: Path, tmp_path: Path) -> None:
-    """An imported export, re-materialized through Dagster with tile_source=release, then captioned
-    (one tile's imported captions removed, so that tile is captioned anew), evaluated and exported."""
+    """An imported export, re-materialized through Dagster with tile_source=release, then captioned,
+    evaluated and exported again."""
     import dagster as dg
 
     from aras_assets.captions.assets import ASSETS as CAPTION_ASSETS
@@ -340,7 +343,6 @@ def test_release_tile_source_runs_the_later_stages_in_dagster(exported: Path, tm
     root = tmp_path / "data"
     import_release(exported, root, S2_TEMPLATE, WC_TEMPLATE)
     before = {t: pl.read_parquet(root / layout.patch_manifest(t)) for t in TILES}
-    shutil.rmtree(root / layout.captions_dir(layout.REAL, TILES[1]))
     resources = make_resources(root, Path(layout.RELEASE_SOURCE), s2_uri_template=S2_TEMPLATE, wc_uri_template=WC_TEMPLATE)
     with dg.instance_for_test() as instance:
         def run(selection: list, key: str | None = None) -> dg.ExecuteInProcessResult:
@@ -358,10 +360,13 @@ def test_release_tile_source_runs_the_later_stages_in_dagster(exported: Path, tm
         for tile in TILES:
             run([real_compositions, real_captions], tile)
         result = run([caption_eval, dataset_export])
-    kept = pl.read_parquet(root / layout.captions_file(layout.REAL, TILES[0]))
-    fresh = pl.read_parquet(root / layout.captions_file(layout.REAL, TILES[1]))
-    assert set(kept["backend"]) == {"offline"} and kept.height == 2 * before[TILES[0]].height  # the imported ones
-    assert fresh.height == 3 * 5 * before[TILES[1]].height  # captioned now: 3 modes x 5
+    # the plan's captioner captions every imported patch (5 pairs x 1); the imported captions of another
+    # configuration stay as a finished part beside them
+    fresh = [pl.read_parquet(root / layout.captions_file(layout.REAL, t)) for t in TILES]
+    assert [f.height for f in fresh] == [5 * before[t].height for t in TILES]
+    assert set(pl.concat(fresh)["backend"]) == {"offline"}
+    kept = pl.read_parquet(root / layout.captions_dir(layout.REAL, TILES[0]) / layout.PARTS / "part-imported.parquet")
+    assert kept.height == 2 * before[TILES[0]].height and set(kept["backend"]) == {"openai"}
     meta = result.asset_materializations_for_node("caption_eval")[0].metadata
-    assert meta["captions"].value == kept.height + fresh.height + 2  # + the synthetic image's two
+    assert meta["captions"].value == sum(f.height for f in fresh) + 2  # + the imported synthetic image's two
     assert (root / layout.EXPORT / "train.zip").is_file()

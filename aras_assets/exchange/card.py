@@ -40,11 +40,13 @@ def _table(rows: list[dict]) -> str:
 
 
 def _redundancy(root: Path) -> list[dict]:
-    path = root / layout.CAPTION_EVAL / "redundancy.parquet"
-    if not path.is_file():
+    """caption_eval's Table 2 (per model and method), else its redundancy per origin and mode."""
+    path = next((p for p in (root / layout.CAPTION_TABLE2, root / layout.CAPTION_REDUNDANCY) if p.is_file()), None)
+    if path is None:
         return []
     frame = pl.read_parquet(path)
-    cols = [c for c in ("origin", "mode", "captions", "redundancy_pct", "paper_redundancy_pct") if c in frame.columns]
+    cols = [c for c in ("subset", "origin", "model", "mode", "captions", "unique", "redundancy_pct", "paper_redundancy_pct")
+            if c in frame.columns]
     return [{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in frame.select(cols).to_dicts()]
 
 
@@ -96,10 +98,10 @@ for real patches), `{rl.CLASS_CSV}` and `{rl.CAPTION_CSV}`. Check the zips with 
 
 ## Captions
 
-{summary.captions} captions. Redundancy (1 - unique / total):
+{summary.captions} captions. Redundancy (1 - unique / total; not computed when caption_eval has not run):
 
 {_table(redundancy)}
-## Synthetic image quality (FID)
+## Synthetic image quality (FID; not computed when gan_fid has not run)
 
 {_table(fid)}
 ## Lineage

@@ -85,18 +85,20 @@ def read_synthetic(root: Path) -> pl.DataFrame:
 
 
 def read_captions(root: Path) -> pl.DataFrame:
+    """Every caption of the data root with all its record's columns, by caption id."""
     files = sorted(root.glob(layout.CAPTION_FILES))
     if not files:
         return pl.DataFrame(schema=dict.fromkeys(CAPTION_COLUMNS, pl.String))
-    return pl.concat([read_parquet_checked(p, list(CAPTION_COLUMNS)) for p in files]).sort("caption_id")
+    return pl.concat([read_parquet_checked(p) for p in files], how="diagonal_relaxed").sort("caption_id")
 
 
 def caption_csv(captions: pl.DataFrame) -> pl.DataFrame:
     """Captions shaped like the release's captioner outputs (image file, method, model, caption),
-    with our ids beside them so an import gets every caption back exactly."""
-    return captions.select(
-        (pl.col("image_id") + rl.PNG).alias("image_name"), pl.col("mode").alias("method"), "model",
-        pl.col("text").alias("caption"), "caption_id", "caption_index", "backend", "prompt_hash", "seed")
+    then the rest of each caption's record (ids, index, backend, prompt hash, sampling, seed)."""
+    head = [(pl.col("image_id") + rl.PNG).alias("image_name"), pl.col("mode").alias("method"), pl.col("model"),
+            pl.col("text").alias("caption")]
+    rest = [c for c in captions.columns if c not in ("image_id", "origin", "mode", "model", "text")]
+    return captions.select(*head, *rest)
 
 
 def _mask_counts(path: Path) -> np.ndarray:

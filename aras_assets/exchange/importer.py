@@ -30,7 +30,6 @@ from aras_assets.exchange.checksums import verify
 from aras_assets.grid import PIXEL_DEG, S2_TILE_DEG, WC_TILE_DEG, Footprint, grid_offset, parse_tile_id, wc_tile_containing
 from aras_assets.ids import PATCH_SIZE, parse_patch_id, parse_synthetic_id, synthetic_id
 from aras_assets.landcover import NUM_CLASSES, UnknownLabelError, rgb_to_mask
-from aras_assets.operations.lineage.manifests import CAPTION_COLUMNS
 from aras_assets.sources.catalog import CATALOG_SCHEMA
 from aras_assets.sources.patches import CLASS_COUNT_COLUMNS, MANIFEST_SCHEMA, REJECTED_SCHEMA
 from aras_assets.sources.splits import splits_version
@@ -193,15 +192,11 @@ def _read_synth(folder: rl.ReleaseFolder, files: dict[str, str], problems: list[
     return pl.DataFrame(rows, schema=SYNTH_SCHEMA)
 
 
-CAPTION_SCHEMA = {"caption_id": pl.String, "image_id": pl.String, "origin": pl.String, "mode": pl.String,
-                  "caption_index": pl.Int32, "backend": pl.String, "model": pl.String, "prompt_hash": pl.String,
-                  "seed": pl.Int64, "text": pl.String}
-
-
 def _read_captions(folder: rl.ReleaseFolder, problems: list[str]) -> pl.DataFrame:
-    """Captions from each folder's captions.csv that carries our columns (caption ids); a
-    captioner CSV without them is left out (its captions have no mode and index to key them)."""
+    """Captions from each folder's captions.csv that carries caption ids (ours); a captioner CSV
+    without them is left out (its captions have no index to key them)."""
     frames = []
+    back = {v: k for k, v in rl.CAPTION_RENAMES.items()}
     for top in rl.FOLDERS:
         inner = f"{top}/{rl.CAPTION_CSV}"
         if not folder.has(inner):
@@ -209,20 +204,22 @@ def _read_captions(folder: rl.ReleaseFolder, problems: list[str]) -> pl.DataFram
         table = pl.read_csv(io.BytesIO(folder.read(inner)), infer_schema_length=0)
         if table.is_empty() or "caption_id" not in table.columns:
             continue
-        missing = [c for c in rl.CAPTION_FIELDS if c not in table.columns]
+        missing = [c for c in (*rl.CAPTION_FIELDS, "caption_index") if c not in table.columns]
         if missing:
             problems.append(f"{folder.where(inner)} lacks columns {missing}")
             continue
-        origin = pl.when(pl.col("image_id").str.starts_with(f"{layout.UNCOND}_")).then(pl.lit(layout.UNCOND)) \
-            .when(pl.col("image_id").str.starts_with(f"{layout.COND}_")).then(pl.lit(layout.COND)).otherwise(pl.lit(layout.REAL))
-        frames.append(table.with_columns(pl.col("image_name").str.strip_suffix(rl.PNG).alias("image_id"))
-                      .with_columns(origin.alias("origin"))
-                      .select(pl.col("caption_id"), "image_id", "origin", pl.col("method").alias("mode"),
-                              pl.col("caption_index").cast(pl.Int32), "backend", "model", "prompt_hash",
-                              pl.col("seed").cast(pl.Int64), pl.col("caption").alias("text")))
+        from aras_assets.captions.captioning import CAPTION_SCHEMA
+
+        image_id = pl.col("image_name").str.strip_suffix(rl.PNG)
+        origin = pl.when(image_id.str.starts_with(f"{layout.UNCOND}_")).then(pl.lit(layout.UNCOND)) \
+            .when(image_id.str.starts_with(f"{layout.COND}_")).then(pl.lit(layout.COND)).otherwise(pl.lit(layout.REAL))
+        frame = table.rename({c: back[c] for c in table.columns if c in back}).with_columns(
+            image_id.alias("image_id"), origin.alias("origin")).drop("image_name")
+        frames.append(frame.select([pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
+                                    for c, t in CAPTION_SCHEMA.items()]))
     if not frames:
-        return pl.DataFrame(schema=CAPTION_SCHEMA)
-    return pl.concat(frames).select(list(CAPTION_COLUMNS)).sort("caption_id")
+        return pl.DataFrame(schema={"caption_id": pl.String, "image_id": pl.String, "origin": pl.String})
+    return pl.concat(frames).sort("caption_id")
 
 
 # Records rebuilt from the staged release: what the `release` tile source materializes.
@@ -366,8 +363,9 @@ def _write_synthetic(root: Path, synthetic: pl.DataFrame) -> None:
 
 
 def _write_captions(root: Path, captions: pl.DataFrame) -> None:
-    """Imported captions as the caption stage's finished part of each partition: a re-run of
-    <origin>_captions keeps them and captions only the images without any."""
+    """Imported captions as a finished part of each partition's caption stage: a re-run of
+    <origin>_captions keeps them where its plan has the same pair and configuration, and
+    otherwise captions the images anew beside them."""
     if captions.is_empty():
         return
     from aras_assets.operations.lineage.ids import parse_image_id

@@ -33,8 +33,10 @@ PNG = ".png"
 
 # The release names its classes with capitals (the captioners' class_info uses the same).
 CLASS_LABELS = tuple(name.capitalize() if name != "built-up" else "Built-up" for name in CLASS_NAMES)
-CAPTION_FIELDS = ("image_name", "method", "model", "caption", "caption_id", "caption_index", "backend",
-                  "prompt_hash", "seed")
+# Caption CSVs: the release captioners' columns first (image, method, model, caption), then the
+# caption record's own columns, so an import gets every caption back exactly.
+CAPTION_FIELDS = ("image_name", "method", "model", "caption")
+CAPTION_RENAMES = {"mode": "method", "text": "caption"}  # caption record column -> CSV column
 
 # Zip entries carry this time, so exporting twice gives the same bytes.
 ZIP_DATE = (2025, 1, 1, 0, 0, 0)
