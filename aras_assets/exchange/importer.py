@@ -50,7 +50,7 @@ SYNTH_INDEX = layout.RELEASE / "synthetic.parquet"
 CAPTIONS_INDEX = layout.RELEASE / "captions.parquet"
 
 
-class ImportError_(rl.ReleaseError):
+class ReleaseImportError(rl.ReleaseError):
     """A release folder whose files cannot be imported (names, pairs, colours)."""
 
 
@@ -62,9 +62,9 @@ class ReleaseImport:
     tiles: list[str]
 
 
-def _problem_error(problems: list[str], folder: Path) -> ImportError_:
+def _problem_error(problems: list[str], folder: Path) -> ReleaseImportError:
     more = f"; and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-    return ImportError_(f"{folder}: {len(problems)} files cannot be imported, nothing was imported: "
+    return ReleaseImportError(f"{folder}: {len(problems)} files cannot be imported, nothing was imported: "
                         + "; ".join(problems[:_MAX_LISTED]) + more)
 
 
@@ -138,7 +138,7 @@ def read_release(source: Path, say: Callable[[str], None] = lambda _: None) -> t
     if problems:
         raise _problem_error(problems, source)
     if not rows:
-        raise ImportError_(f"{source} holds no image/mask pairs in train/, val/ or test/")
+        raise ReleaseImportError(f"{source} holds no image/mask pairs in train/, val/ or test/")
     index = pl.DataFrame(rows, schema=INDEX_SCHEMA).sort("patch_id")
     say(f"checked {index.height} patches over {index['s2_tile'].n_unique()} tiles, {synthetic.height} synthetic images, "
         f"{captions.height} captions")
@@ -275,7 +275,7 @@ def _link(src: Path, dst: Path) -> None:
 def read_index(root: Path) -> pl.DataFrame:
     path = root / layout.RELEASE_INDEX
     if not path.is_file():
-        raise ImportError_(f"no imported release at {path}: run `aras import DIR` first")
+        raise ReleaseImportError(f"no imported release at {path}: run `aras import DIR` first")
     return pl.read_parquet(path)
 
 
@@ -286,7 +286,7 @@ def materialize_release_tile(root: Path, entry: dict) -> pl.DataFrame:
     rel_dir = layout.patches_dir(tile).as_posix()
     manifest = tile_manifest(index, entry, rel_dir)
     if manifest.is_empty():
-        raise ImportError_(f"the imported release has no patches of tile {tile}")
+        raise ReleaseImportError(f"the imported release has no patches of tile {tile}")
     final = root / layout.patches_dir(tile)
     with staged_directory(final) as stage:
         for sub in (rl.IMAGES, rl.MASKS):
@@ -329,7 +329,7 @@ def import_release(source: Path, root: Path, s2_template: str, wc_template: str,
         for inner, sha in files.items():
             data = folder.read(inner)
             if hashlib.sha256(data).hexdigest() != sha:
-                raise ImportError_(f"{folder.where(inner)} changed while it was imported; import again")
+                raise ReleaseImportError(f"{folder.where(inner)} changed while it was imported; import again")
             path = stage / inner
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
