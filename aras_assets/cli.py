@@ -70,6 +70,10 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
         with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True):
             print(f"  captions per (model, method), the paper's Table 2 beside (%):\n"
                   f"{table.with_columns(pl.col('redundancy_pct').round(2))}")
+    export = root / "export"
+    if (export / "README.md").exists():
+        print(f"  export:      {export}/{{train,val,test,synth}}.zip, MD5.md, stac/, croissant.json, README.md "
+              "(the release layout; `aras import` takes it in)")
     print(f"  Dagster UI:  aras ui   (or: DAGSTER_HOME={summary.dagster_home} dagster dev)")
     print(f"  MLflow UI:   {MlflowResource().ui_command()}")
     return 0
@@ -228,6 +232,39 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """The data root in the ARAS400k release layout with MD5 table, STAC, Croissant and card."""
+    from aras_assets.exchange.export import export_dataset
+    from resources.storage import StorageResource
+
+    summary = export_dataset(StorageResource().root_path, Path(args.dir), overwrite=args.overwrite, say=print)
+    print(f"{summary.folder}: {', '.join(f'{k} {v}' for k, v in summary.counts.items())} images, {summary.captions} "
+          f"captions, {summary.stac_items} STAC items; check with: cd {summary.folder} && md5sum -c md5sums.txt")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """A release folder (zipped or not) -> patches, splits, synthetic images and captions in the data root."""
+    from aras_assets.exchange.importer import import_release
+    from aras_assets.settings import load_settings
+    from resources.storage import StorageResource
+
+    settings = load_settings(overrides=_overrides(args.set))
+    found = import_release(Path(args.dir), StorageResource().root_path, settings.s2_uri_template,
+                           settings.wc_uri_template, say=print)
+    ensure_dagster_home()
+    import dagster as dg
+
+    from aras_assets.partitions import S2_TILE_PARTITIONS
+
+    with dg.DagsterInstance.get() as instance:
+        new = [t for t in found.tiles if not instance.has_dynamic_partition(S2_TILE_PARTITIONS, t)]
+        instance.add_dynamic_partitions(S2_TILE_PARTITIONS, new)
+    print(f"registered {len(new)} new s2_tile partitions; run the later stages on it with "
+          "`aras run --set tile_source=release` (or materialize them in the UI with that setting)")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     home = ensure_dagster_home()
     print(f"Dagster UI on http://{args.host}:{args.port} with DAGSTER_HOME={home}")
@@ -272,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     regen.add_argument("image_id", help="e.g. uncond_0003_00012 or cond_N38E029_00012")
     regen.add_argument("--out", help="also write the rebuilt PNG here")
     regen.add_argument("--tracking-uri", help="MLflow tracking URI (default: the project's store)")
+    export = sub.add_parser("export", help="write the dataset in the ARAS400k release layout (zips, MD5, STAC, Croissant, card)")
+    export.add_argument("dir", help="an empty or new folder")
+    export.add_argument("--overwrite", action="store_true", help="replace a folder that is not empty")
+    imp = with_set(sub.add_parser("import", help="take in a folder in the ARAS400k release layout (zipped or unzipped)"))
+    imp.add_argument("dir", help="folder holding train/val/test/synth folders or zips (and an MD5 table)")
     ui = sub.add_parser("ui", help="start the Dagster UI on the project's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
@@ -282,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     commands = {"demo": lambda a: cmd_run(a, "demo"), "run": lambda a: cmd_run(a, a.profile),
                 "sample-region": cmd_sample_region, "settings": cmd_settings, "label": cmd_label,
-                "lineage": cmd_lineage, "regenerate": cmd_regenerate, "ui": cmd_ui}
+                "lineage": cmd_lineage, "regenerate": cmd_regenerate, "ui": cmd_ui,
+                "export": cmd_export, "import": cmd_import}
     return run_command(commands[args.command], args)
 
 

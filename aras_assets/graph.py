@@ -4,7 +4,7 @@ asset to a group puts it in its job, in the UI, in the backfill schedules and in
 `aras run` follows, with no second registration.
 
 Groups are the pipeline's steps: catalog, patches, splits, segmentation, labels, generation,
-captions, evaluation. They are chosen so stages depend on each other without cycles (a group
+captions, evaluation, exchange. They are chosen so stages depend on each other without cycles (a group
 holding assets that both feed and follow another partitioning, like tile_catalog and splits
 around real_patches, would loop; `stages` says so)."""
 
@@ -15,13 +15,15 @@ from dataclasses import dataclass
 import dagster as dg
 
 from aras_assets.captions.assets import ASSETS as CAPTION_ASSETS
+from aras_assets.exchange.assets import ASSETS as EXCHANGE_ASSETS
 from aras_assets.generation.assets import ASSETS as GENERATION_ASSETS
 from aras_assets.operations.checks import CHECKS
 from aras_assets.segmentation.assets import ASSETS as SEGMENTATION_ASSETS
 from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
 from aras_assets.sources.assets import EXTERNAL
 
-ASSETS: list[dg.AssetsDefinition] = [*SOURCE_ASSETS, *SEGMENTATION_ASSETS, *GENERATION_ASSETS, *CAPTION_ASSETS]
+ASSETS: list[dg.AssetsDefinition] = [*SOURCE_ASSETS, *SEGMENTATION_ASSETS, *GENERATION_ASSETS, *CAPTION_ASSETS,
+                                     *EXCHANGE_ASSETS]
 ASSET_CHECKS = CHECKS
 EXTERNAL_ASSETS: list[dg.AssetSpec] = EXTERNAL  # the S2 and WorldCover tiles: inputs, never materialized here
 

@@ -16,6 +16,8 @@ caption modes. Paths here are relative to the data root (manifests store them th
     eval/captions/{redundancy,consistency}.parquet caption_eval
     mlflow/                                        the default MLflow store
     sample_region/                                 `aras sample-region`
+    release/{train,val,test,synth}/..., index.parquet   `aras import` (the `release` tile source)
+    export/                                        dataset_export (`aras export DIR` writes anywhere)
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ IMAGES, MASKS = "images", "masks"
 MODEL_RECORD = "model.json"
 SAMPLE_REGION = "sample_region"
 MLFLOW = "mlflow"
+
+# A release folder taken in by `aras import` (tile_source = "release") and the dataset export.
+RELEASE_SOURCE = "release"
+RELEASE = Path("release")
+RELEASE_INDEX = RELEASE / "index.parquet"
+EXPORT = Path("export")
+# The generator (and normalization) named by records taken in from a release: no run, no seed.
+IMPORTED = "imported"
 
 CATALOG = Path("catalog", "tiles.parquet")
 CATALOG_MAP = Path("catalog", "tiles.png")

@@ -182,7 +182,7 @@ class Settings:
     # Sources: where tiles come from and which area to take.
     bbox: tuple[float, float, float, float] = rule((27.9, 35.9, 31.2, 39.1), check=_bbox_problem,  # west, south, east, north
                                                    says=": west, south, east, north in degrees; west < east, south < north")
-    tile_source: str = "sample_region"  # a folder (relative paths sit under the data root) or "templates"
+    tile_source: str = "sample_region"  # a folder (relative paths sit under the data root), "templates" or "release"
     s2_uri_template: str = S2_BUCKET_TEMPLATE
     wc_uri_template: str = WC_BUCKET_TEMPLATE
     # Sample region written by `aras sample-region`.

@@ -46,6 +46,10 @@ MISTAKES = [
     (["lineage", "N38E029_000_000", "--no-runs"], "N38E029_000_000"),
     (["label", "no-such-folder", "--out", "labels"], "no-such-folder"),
     (["label", "images", "--out", "labels", "--model", "segformer"], "registered: none"),
+    (["export", "out"], "no patches under"),
+    (["export", "images"], "export target images exists and is not empty"),
+    (["import", "no-such-release"], "import folder no-such-release does not exist"),
+    (["import", "images"], "holds no release split"),
 ]
 
 

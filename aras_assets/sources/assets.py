@@ -6,6 +6,7 @@ import polars as pl
 
 from aras_assets import layout
 from aras_assets.errors import step_errors
+from aras_assets.exchange.importer import materialize_release_tile, read_index, release_catalog, release_splits
 from aras_assets.landcover import CLASS_NAMES, label_lut
 from aras_assets.maps import catalog_map, splits_map
 from aras_assets.partitions import S2_TILE_PARTITIONS, s2_tile_partitions
@@ -13,7 +14,14 @@ from aras_assets.previews import markdown_image, markdown_table, pair_grid
 from aras_assets.settings import SettingsResource
 from aras_assets.sources.catalog import build_catalog
 from aras_assets.sources.checks import check_patches, check_splits
-from aras_assets.sources.patches import CLASS_COUNT_COLUMNS, PatchOptions, TileSource, materialize_tile
+from aras_assets.sources.patches import (
+    CLASS_COUNT_COLUMNS,
+    REJECTED_SCHEMA,
+    PatchOptions,
+    TileResult,
+    TileSource,
+    materialize_tile,
+)
 from aras_assets.sources.records import catalog_entry, read_catalog, read_manifests
 from aras_assets.sources.splits import SPLITS, assign_splits, splits_version
 from resources.storage import StorageResource, read_parquet_checked
@@ -37,8 +45,11 @@ def tile_catalog(context: dg.AssetExecutionContext, settings: SettingsResource,
     covers it (matched by footprint). Registers one `s2_tile` partition per S2 tile."""
     s = settings.get()
     with step_errors(context, s.retry_window_s):
-        folder = None if s.tile_source == "templates" else storage.resolve(s.tile_source)
-        catalog = build_catalog(s.bbox_footprint, s.tile_source, folder, s.s2_uri_template, s.wc_uri_template)
+        if s.tile_source == layout.RELEASE_SOURCE:  # an imported release (`aras import DIR`)
+            catalog = release_catalog(read_index(storage.root_path), s.s2_uri_template, s.wc_uri_template)
+        else:
+            folder = None if s.tile_source == "templates" else storage.resolve(s.tile_source)
+            catalog = build_catalog(s.bbox_footprint, s.tile_source, folder, s.s2_uri_template, s.wc_uri_template)
         out = storage.path(layout.CATALOG)
         storage.writable_dir(out.parent)
         storage.write_parquet(catalog, out)
@@ -102,7 +113,10 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
     with step_errors(context, s.retry_window_s):
         final = storage.path(layout.patches_dir(tile))
         storage.writable_dir(final.parent)
-        result = materialize_tile(source, opts, final, layout.patches_dir(tile).as_posix(), progress)
+        if s.tile_source == layout.RELEASE_SOURCE:  # the imported release's files, lineage from their names
+            result = TileResult(materialize_release_tile(storage.root_path, entry), pl.DataFrame(schema=REJECTED_SCHEMA))
+        else:
+            result = materialize_tile(source, opts, final, layout.patches_dir(tile).as_posix(), progress)
     manifest = result.manifest
     problems = check_patches(storage.root_path, manifest, s.water_max_share)
     checks = [dg.AssetCheckResult(check_name=name, passed=not problems[name],
@@ -137,7 +151,10 @@ def splits(context: dg.AssetExecutionContext, settings: SettingsResource,
         patches, missing = read_manifests(storage, tiles)
         if missing:
             context.log.warning(f"{len(missing)} catalog tiles have no patches yet and are left out: {missing}")
-        table = assign_splits(patches, s.split_method, s.split_fractions, s.split_block, s.split_seed)
+        if s.tile_source == layout.RELEASE_SOURCE:  # the release's own splits, from its folders
+            table = release_splits(storage.root_path)
+        else:
+            table = assign_splits(patches, s.split_method, s.split_fractions, s.split_block, s.split_seed)
         out = storage.path(layout.SPLITS)
         storage.writable_dir(out.parent)
         storage.write_parquet(table, out)

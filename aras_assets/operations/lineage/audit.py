@@ -118,16 +118,19 @@ def broken_chains(root: Path, client: Any, examples: int = 5) -> dict[str, Any]:
     m = _Manifests.read(Path(root))
     caption_breaks = _caption_breaks(m)
     registered = _registered(client, m)
-    all_problems = pl.concat([caption_breaks, _unregistered(m.synthetic, registered, "image_without_model", "generator"),
+    generated = m.synthetic.filter(pl.col("model_name").fill_null("") != layout.IMPORTED)  # imported: no generator on record
+    all_problems = pl.concat([caption_breaks, _unregistered(generated, registered, "image_without_model", "generator"),
                               _unregistered(m.labels, registered, "mask_without_model", "labeler")])
     summary = (all_problems.sort("order").group_by("problem", maintain_order=True)
                .agg(pl.len().alias("count"), pl.col("example").head(examples).alias("examples"))
                .collect(engine="streaming"))
-    counts = pl.collect_all([m.captions.select(pl.len()), m.synthetic.select(pl.len()), m.labels.select(pl.len())])
+    counts = pl.collect_all([m.captions.select(pl.len()), m.synthetic.select(pl.len()), m.labels.select(pl.len()),
+                             m.synthetic.select((pl.col("model_name") == layout.IMPORTED).sum())])
     broken = {kind: {"count": 0, "examples": []} for kind in
               ("caption_without_image", "caption_without_tile", "image_without_model", "mask_without_model")}
     for row in summary.iter_rows(named=True):
         broken[row["problem"]] = {"count": int(row["count"]), "examples": list(row["examples"])}
     return {"captions": int(counts[0].item()), "synthetic_images": int(counts[1].item()),
-            "labelled_images": int(counts[2].item()), "broken": broken,
+            "labelled_images": int(counts[2].item()), "imported_synthetic_images": int(counts[3].item() or 0),
+            "broken": broken,
             "broken_total": sum(b["count"] for b in broken.values())}

@@ -21,20 +21,24 @@ def format_trace(record: dict[str, Any]) -> str:
         pad = "  "
     if image is not None:
         gen = image["generator"]
-        lines += [f"{pad}image {image['image_id']}  [{image['origin']}, shard {image['shard']}, #{image['index']}]",
-                  f"{pad}  generator:  {gen['model_name']} v{gen['model_version']} (MLflow run {gen['mlflow_run_id']})",
-                  f"{pad}  sampling:   seed {image['seed']}, truncation psi {image['truncation_psi']}, variant "
-                  f"{image['variant']}, batch of {image['batch_size']} from index {image['batch_start']}",
-                  f"{pad}  produced:   {image['device']}/{image['precision']}, {image['resolution']} px, "
-                  f"generator code {image['generator_code']}, Dagster run {image['dagster_run_id']}",
-                  f"{pad}  file:       {image['image_path']} (sha256 {image['content_sha256']})"]
+        lines.append(f"{pad}image {image['image_id']}  [{image['origin']}, shard {image['shard']}, #{image['index']}]")
+        if image["seed"] is None:  # taken in from a release folder: no generator run, no seed on record
+            lines.append(f"{pad}  generator:  none on record: imported from a release ({gen['model_name']}); no seed, "
+                         "so it cannot be regenerated")
+        else:
+            lines += [f"{pad}  generator:  {gen['model_name']} v{gen['model_version']} (MLflow run {gen['mlflow_run_id']})",
+                      f"{pad}  sampling:   seed {image['seed']}, truncation psi {image['truncation_psi']}, variant "
+                      f"{image['variant']}, batch of {image['batch_size']} from index {image['batch_start']}",
+                      f"{pad}  produced:   {image['device']}/{image['precision']}, {image['resolution']} px, "
+                      f"generator code {image['generator_code']}, Dagster run {image['dagster_run_id']}"]
+        lines.append(f"{pad}  file:       {image['image_path']} (sha256 {image['content_sha256']})")
         if image.get("mask_path"):
             lines.append(f"{pad}  mask:       {image['mask_path']}")
         if label is not None:
             run = f" (MLflow run {label['mlflow_run_id']})" if label["mlflow_run_id"] else ""
             lines.append(f"{pad}  mask:       {label['mask_path']} by labeler {label['model_name']} "
                          f"v{label['model_version']}{run}")
-        elif image["origin"] == UNCOND:
+        elif image["origin"] == UNCOND and not image.get("mask_path"):
             lines.append(f"{pad}  mask:       not labelled yet")
         lines.append(f"{pad}  manifest:   {image['manifest']}")
         pad += "  "
