@@ -192,6 +192,24 @@ def move_alias(client: Any, alias: str, to: ModelVersionRef, others: Iterable[st
     return to
 
 
+def promote_lowest(client: Any, name: str, tag: str, alias: str = "champion") -> ModelVersionRef | None:
+    """Put `alias` on the version of `name` with the lowest number in its `tag` (a generator's
+    FID: lower is better), as segmentation's champion goes to the best score. None when no
+    version has a finite value there."""
+    scored = []
+    for version in client.search_model_versions(filter_string=f"name = '{name}'"):
+        try:
+            value = float(version.tags.get(tag, "nan"))
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            scored.append(ModelVersionRef(name, str(version.version), version.run_id or "", value))
+    if not scored:
+        return None
+    best = min(scored, key=lambda v: (v.score, -int(v.version)))  # ties go to the newer version
+    return move_alias(client, alias, best, ())
+
+
 def download_checkpoint(tracking_uri: str, ref: ModelVersionRef, folder: Path) -> Path:
     """Our checkpoint file of a registered version (a copy for the local artifact store)."""
     import mlflow

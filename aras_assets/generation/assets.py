@@ -57,8 +57,10 @@ from aras_assets.mlflow_runs import (
     ModelVersionRef,
     RunOrigin,
     download_checkpoint,
+    log_dataset,
     log_image,
     log_metrics,
+    promote_lowest,
     register_version,
     tracked_run,
 )
@@ -227,7 +229,14 @@ def register_generator(job: GanTraining, result: FitResult, client: Any, run_id:
     final_fid = result.fid[-1][1] if result.fid else float("nan")
     ref = register_version(tracking_uri, run_id, job.trainer.G_ema, job.folder / GENERATOR, MODEL_NAMES[job.kind],
                            origin.version_tags(steps=str(job.trainer.step), fid_encoder=f"{final_fid:.4f}"),
-                           requirements=("torch",), score=final_fid)
+                           requirements=("torch",), score=final_fid,
+                           description=f"{job.kind} generator (EMA) after {job.trainer.step} steps on splits "
+                                       f"{job.data_version}; FID {final_fid:.4f} in the features of {job.encoder_ref}.",
+                           model_description=f"ARAS {'unconditional' if job.kind == UNCOND else 'mask-conditional'} "
+                                             "generator of 7-class land-cover scenes; the champion alias holds the "
+                                             "version with the lowest FID.")
+    log_dataset(client, run_id, "splits", job.data_version, storage.path(layout.SPLITS))
+    promote_lowest(client, MODEL_NAMES[job.kind], "aras.fid_encoder")
     return GanRegistered(ref, final_fid, grid)
 
 
