@@ -300,13 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     label.add_argument("--model", default="champion", help="champion, <arch>, <arch>/<version> or <arch>@<alias>")
     label.add_argument("--batch-size", type=int, default=16)
     label.add_argument("--tracking-uri", default=None, help="MLflow store (default: the project's)")
-    lineage = sub.add_parser("lineage", help="trace caption, image or patch ids to their generator, patch, tiles and URIs")
+    lineage = sub.add_parser(
+        "lineage", help="trace caption, image or patch ids to their generator, patch, tiles and URIs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples (ids of the demo):\n  aras lineage N38E029_001_002_text_qwen3-4b_0\n"
+               "  aras lineage N38E029_001_002 uncond_0000_00003 cond_N38E029_00000\n"
+               "  aras lineage --file ids.txt --json")
     lineage.add_argument("ids", nargs="*", metavar="ID", help="caption, image or patch id")
     lineage.add_argument("--file", help="file of ids, one per line")
     lineage.add_argument("--json", action="store_true", help="JSON: one object, or a list for several ids")
     lineage.add_argument("--no-runs", action="store_true", help="skip the Dagster run ids (no instance lookup)")
     regen = sub.add_parser("regenerate", help="rebuild a synthetic image from its seed and check it byte for byte")
-    regen.add_argument("image_id", help="e.g. uncond_0003_00012 or cond_N38E029_00012")
+    regen.add_argument("image_id", help="e.g. uncond_0000_00003 or cond_N38E029_00000 (ids of the demo)")
     regen.add_argument("--out", help="also write the rebuilt PNG here")
     regen.add_argument("--tracking-uri", help="MLflow tracking URI (default: the project's store)")
     export = sub.add_parser("export", help="write the dataset in the ARAS400k release layout (zips, MD5, STAC, Croissant, card)")

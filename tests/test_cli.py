@@ -81,6 +81,12 @@ def test_aras_demo_end_to_end(cli_env, tmp_path):
     image_id = uncond["image_id"][3]
     regen = run([str(BIN / "aras"), "regenerate", image_id], env)
     assert "byte-identical" in regen.stdout
+    # The help's example ids are ids the demo makes: each traces.
+    helped = run([str(BIN / "aras"), "lineage", "--help"], env).stdout
+    examples = sorted({w for line in helped.splitlines() if line.strip().startswith("aras lineage")
+                       for w in line.split()[2:] if not w.startswith("-") and not w.endswith(".txt")})
+    assert len(examples) == 4
+    run([str(BIN / "aras"), "lineage", "--no-runs", *examples], env)
 
 
 @pytest.mark.slow
