@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aras_assets import layout
 from aras_assets.instance import default_dagster_home, ensure_dagster_home
@@ -138,10 +139,14 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     tracking = MlflowResource(tracking_uri=args.tracking_uri or "")
     out = Path(args.out)
-    images = shard_images(Path(args.source))
+    source = Path(args.source)
+    rasters = geotiffs(source)
+    images = None if rasters else shard_images(source)
     ref = resolve_version(tracking.client(), args.model)
     with tempfile.TemporaryDirectory() as scratch:
         model, spec, _ = load_model(download_checkpoint(tracking.resolved_tracking_uri, ref, Path(scratch)))
+    if rasters:
+        return label_rasters(model, rasters, out, str(ref), args.overlap)
     bar = tqdm(total=images.height, desc=f"labelling with {ref}", unit="img")
 
     def progress(done: int, total: int) -> None:
@@ -152,6 +157,54 @@ def cmd_label(args: argparse.Namespace) -> int:
     bar.close()
     write_parquet_atomic(rows, out / layout.MANIFEST)
     print(f"{rows.height} masks by {ref} -> {out / layout.MASKS}; manifest {out / layout.MANIFEST}")
+    return 0
+
+
+def geotiffs(source: Path) -> list[Path]:
+    """The GeoTIFFs to label: the file itself, or a folder's .tif files when it has no other images."""
+    from aras_assets.segmentation.geotiff_labels import is_geotiff
+
+    if source.is_file():
+        return [source] if is_geotiff(source) else []
+    if source.is_dir():
+        found = sorted(p for p in source.iterdir() if p.is_file())
+        tifs = [p for p in found if is_geotiff(p)]
+        return tifs if tifs and len(tifs) == len([p for p in found if p.suffix.lower() != ".parquet"]) else []
+    return []
+
+
+def label_rasters(model: Any, rasters: list[Path], out: Path, ref: str, overlap: int) -> int:
+    """Each S2 GeoTIFF (a crop or a whole tile, read window by window) to a mask GeoTIFF with its
+    CRS, transform and the class colour table, a PNG beside it for crops, and a manifest."""
+    import polars as pl
+    import rasterio
+    from tqdm import tqdm
+
+    from aras_assets.landcover import CLASS_NAMES, mask_to_rgb
+    from aras_assets.segmentation.geotiff_labels import label_geotiff
+    from aras_assets.sources.patches import encode_png
+    from resources import TorchDeviceResource
+    from resources.storage import atomic_write_bytes, write_parquet_atomic
+
+    runtime = TorchDeviceResource().runtime(inference=True)
+    model = runtime.prepare(model).eval()
+    folder = out / layout.MASKS
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in rasters:
+        mask_tif = folder / f"{path.stem}.tif"
+        with tqdm(desc=f"{path.name} with {ref}", unit="window") as bar:
+            counts = label_geotiff(model, path, mask_tif, runtime, overlap=overlap,
+                                   progress=lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n)))
+        with rasterio.open(mask_tif) as ds:
+            small = ds.width * ds.height <= 2048 * 2048
+            if small:  # the PNG a crop's users expect beside it; a whole tile stays a GeoTIFF
+                atomic_write_bytes(folder / f"{path.stem}.png", encode_png(mask_to_rgb(ds.read(1)), 1))
+        rows.append({"image_id": path.stem, "image_path": str(path), "mask_tif": f"{layout.MASKS}/{mask_tif.name}",
+                     "mask_path": f"{layout.MASKS}/{path.stem}.png" if small else None, "model": ref,
+                     **{f"px_{name}": int(n) for name, n in zip(CLASS_NAMES, counts, strict=True)}})
+    write_parquet_atomic(pl.DataFrame(rows), out / layout.MANIFEST)
+    print(f"{len(rows)} georeferenced masks by {ref} -> {folder}; manifest {out / layout.MANIFEST}")
     return 0
 
 
@@ -294,11 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--tile-px", type=int, help="pixels per side of each S2 file")
     settings = with_set(sub.add_parser("settings", help="print the resolved settings"))
     settings.add_argument("--profile", default=None)
-    label = sub.add_parser("label", help="label a folder or Parquet manifest of images with a registered model")
-    label.add_argument("source", help="folder of images, or Parquet manifest with image_path (and image_id)")
+    label = sub.add_parser("label", help="label images or S2 GeoTIFFs with a registered model")
+    label.add_argument("source", help="folder of images, Parquet manifest with image_path (and image_id), or a "
+                                      "4-band uint16 S2 GeoTIFF (or a folder of them: georeferenced mask GeoTIFFs)")
     label.add_argument("--out", required=True, help="folder for masks/ and manifest.parquet")
     label.add_argument("--model", default="champion", help="champion, <arch>, <arch>/<version> or <arch>@<alias>")
     label.add_argument("--batch-size", type=int, default=16)
+    label.add_argument("--overlap", type=int, default=32,
+                       help="GeoTIFF inputs: pixels shared by neighbouring 256-px windows (a whole tile is labelled "
+                            "window by window; each window keeps its centre)")
     label.add_argument("--tracking-uri", default=None, help="MLflow store (default: the project's)")
     lineage = sub.add_parser(
         "lineage", help="trace caption, image or patch ids to their generator, patch, tiles and URIs",

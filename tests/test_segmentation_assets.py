@@ -179,3 +179,31 @@ def test_aras_label_command(trained, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert all((tmp_path / "out" / p).exists() for p in rows["mask_path"])
     assert main(["label", str(tmp_path / "none"), "--out", str(tmp_path / "x"), "--tracking-uri", uri]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_aras_label_writes_georeferenced_masks_for_s2_geotiffs(trained, sample_region: Path, tmp_path: Path) -> None:
+    """A 4-band uint16 S2 crop of the sample region in, a mask GeoTIFF with its CRS, transform
+    and colour table (and a PNG) out, by the registered model."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from aras_assets.cli import main
+    from aras_assets.landcover import PALETTE
+
+    source = sorted(sample_region.glob("*S2RGBNIR.tif"))[0]
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    with rasterio.open(source) as src:
+        window = Window(0, 0, 300, 280)
+        profile = {**src.profile, "width": 300, "height": 280, "transform": src.window_transform(window)}
+        with rasterio.open(crops / "crop.tif", "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    uri = trained["resources"]["mlflow"].resolved_tracking_uri
+    assert main(["label", str(crops), "--out", str(tmp_path / "out"), "--model", "pan/1", "--tracking-uri", uri]) == 0
+    with rasterio.open(crops / "crop.tif") as src, rasterio.open(tmp_path / "out" / "masks" / "crop.tif") as mask:
+        assert (mask.crs, mask.transform, mask.shape, mask.dtypes[0]) == (src.crs, src.transform, src.shape, "uint8")
+        classes = mask.read(1)
+        assert classes.max() < 7 and mask.colormap(1)[1][:3] == tuple(PALETTE[1].tolist())
+    row = pl.read_parquet(tmp_path / "out" / "manifest.parquet").row(0, named=True)
+    assert sum(v for k, v in row.items() if k.startswith("px_")) == 300 * 280
+    assert (tmp_path / "out" / row["mask_path"]).exists()
