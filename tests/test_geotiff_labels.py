@@ -72,6 +72,6 @@ def test_bad_geotiffs_are_named(tmp_path: Path) -> None:
     with pytest.raises(GeoTiffLabelError, match=r"one_band.tif has 1 band\(s\) of uint16; expected a 4-band uint16"):
         label_geotiff(RedOrGreen(), tmp_path / "one_band.tif", tmp_path / "m.tif", CPU)
     (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
-    with pytest.raises(GeoTiffLabelError, match="broken.tif cannot be read as a GeoTIFF"):
+    with pytest.raises(GeoTiffLabelError, match=r"broken\.tif cannot be read as a GeoTIFF"):
         label_geotiff(RedOrGreen(), tmp_path / "broken.tif", tmp_path / "m.tif", CPU)
     assert not (tmp_path / "m.tif").exists()
