@@ -170,7 +170,7 @@ def test_cli_prints_one_error_line_and_returns_1(argv, says, capsys, no_env_sett
 def test_cli_settings_prints_the_resolved_values(capsys, no_env_settings):
     assert main(["settings", "--profile", "paper", "--set", "seg_augment=false"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "seg_augment        False" in lines and "gen_shards         300" in lines
+    assert f"{'seg_augment':24s} False  [--set]" in lines and f"{'gen_shards':24s} 300  [profile paper]" in lines
 
 
 def test_aras_settings_says_where_each_value_comes_from(tmp_path, monkeypatch, capsys):
