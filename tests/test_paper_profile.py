@@ -28,8 +28,9 @@ RELEASE_STYLEGAN = {"batch": 256, "gamma": 0.01, "mirror": True, "kimg": 5000, "
 
 def printed_settings(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
     assert main(["settings", *args]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    return {name: ast.literal_eval(value) for name, value in (line.split(None, 1) for line in lines)}
+    out = capsys.readouterr().out
+    lines = out.split("\n\n")[0].splitlines()  # the settings; the places in effect follow a blank line
+    return {name: ast.literal_eval(value.rsplit("  [", 1)[0]) for name, value in (line.split(None, 1) for line in lines)}
 
 
 def test_aras_settings_paper_prints_the_release_recipe(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
