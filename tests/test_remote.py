@@ -195,5 +195,5 @@ def test_tile_off_the_grid_over_http_is_refused(sample_region, tmp_path):
 
 def test_server_answering_html_instead_of_a_tiff_is_bad_input(http):
     http.faults = [Fault("html", match="N38E029")]
-    with pytest.raises(TileError, match="text/html.*instead of a GeoTIFF"):
+    with pytest.raises(TileError, match=r"text/html.*instead of a GeoTIFF"):
         catalog_report(Footprint(29.01, 38.01, 29.1, 38.99), "templates", None, *templates(http.url), {})

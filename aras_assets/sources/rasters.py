@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -54,6 +55,10 @@ def gdal_path(uri: str) -> str:
     return uri
 
 
+class LocalTileMissing(TileError, TileMissing):
+    """A local file named by a template or the catalog is not there."""
+
+
 class _Transient(Exception):
     """A remote open or read that may pass on a retry (the message says why)."""
 
@@ -89,6 +94,8 @@ def _open_once(uri: str, kind: RasterKind, options: Mapping[str, str | int]) -> 
         return rasterio.open(gdal_path(uri))
     except RasterioIOError as exc:
         if not is_remote(uri):
+            if not Path(gdal_path(uri)).exists():
+                raise LocalTileMissing(f"{kind.name} tile {uri} does not exist") from exc
             raise TileError(f"{kind.name} tile {uri} cannot be opened (missing, corrupt or not a GeoTIFF): {exc}") from exc
         text = error_text(exc)
         failure = kind_of_failure(text)
