@@ -5,6 +5,7 @@ public buckets' key layout. Outputs must be byte-identical to the local run of t
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -17,13 +18,14 @@ from aras_assets.errors import TransientError
 from aras_assets.grid import Footprint, s2_filename
 from aras_assets.landcover import label_lut
 from aras_assets.sources import remote
-from aras_assets.sources.assets import ASSETS, tile_catalog
+from aras_assets.sources.assets import ASSETS, real_patches, tile_catalog
 from aras_assets.sources.catalog import catalog_report
 from aras_assets.sources.patches import PatchOptions, TileSource, extract_tile, materialize_tile
 from aras_assets.sources.rasters import TileError
 from aras_assets.sources.remote import BucketAccessError, TileMissing, TileUnavailable
 from aras_assets.sources.sample_region import SAMPLE_TILES, wc_offset, write_s2_tile
 from tests.conftest import make_resources
+from tests.test_retries import _attempts, _failure
 
 DEMO_BBOX = Footprint(27.9, 35.9, 31.2, 39.1)  # 5 x 5 one-degree cells, 4 of them with a sample tile
 TILES = [r.tile for r in SAMPLE_TILES]
@@ -197,3 +199,21 @@ def test_server_answering_html_instead_of_a_tiff_is_bad_input(http):
     http.faults = [Fault("html", match="N38E029")]
     with pytest.raises(TileError, match=r"text/html.*instead of a GeoTIFF"):
         catalog_report(Footprint(29.01, 38.01, 29.1, 38.99), "templates", None, *templates(http.url), {})
+
+
+def test_dagster_retries_a_partition_whose_server_stays_down(http, data_root, instance, fast_retries):
+    # Through real runs: the step fails as transient, is retried by Dagster, gives up after
+    # retry_window_s, and the partition keeps its last good version.
+    s2_t, wc_t = templates(http.url)
+    resources = make_resources(data_root, "templates", s2_uri_template=s2_t, wc_uri_template=wc_t,
+                               remote_options=json.dumps(FAST), retry_window_s="1")
+    assert dg.materialize(ASSETS, selection=[tile_catalog], resources=resources, instance=instance).success
+    assert dg.materialize(ASSETS, selection=[real_patches], partition_key="N38E029", resources=resources,
+                          instance=instance).success
+    before = files_digest(data_root / "patches" / "N38E029")
+    http.faults = [Fault("503", match="N38E029_S2RGBNIR")]
+    result = dg.materialize(ASSETS, selection=[real_patches], partition_key="N38E029", resources=resources,
+                            instance=instance, raise_on_error=False)
+    assert not result.success and _attempts(result, "real_patches") == 2
+    assert "kept failing" in _failure(result) and "gave up after 1 retries" in _failure(result)
+    assert files_digest(data_root / "patches" / "N38E029") == before
