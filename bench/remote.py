@@ -97,7 +97,8 @@ def child(args: argparse.Namespace) -> None:
     examined = 0
     for i, (s2, wc_tile, wc) in enumerate(sources):
         result = extract_tile(TileSource(args.tile_names[i], s2, wc_tile, wc),
-                              PatchOptions(label_lut(), workers=args.workers), args.out / str(i), f"patches/{i}")
+                              PatchOptions(label_lut(), workers=args.workers, remote_options=tuple(args.option)),
+                              args.out / str(i), f"patches/{i}")
         examined += result.manifest.height + result.rejected.height
     seconds = time.perf_counter() - start
     print(RESULT_MARK + json.dumps({"seconds": seconds, "examined": examined, "peak_rss_kib": peak_rss_kib()}))
@@ -106,6 +107,8 @@ def child(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace, sources: list[tuple[str, str, str]], out: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--sources", json.dumps(sources),
            "--out", str(out), "--workers", str(args.workers), "--tile-names", *TILES[: len(sources)]]
+    for key, value in args.option:
+        cmd += ["--option", f"{key}={value}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
@@ -121,6 +124,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up extraction (the tiles were just "
                         "written, so they are in the page cache)")
+    parser.add_argument("--option", action="append", default=[], type=lambda kv: tuple(kv.split("=", 1)),
+                        help="a GDAL option for the remote read, KEY=VALUE (as the remote_options setting), repeatable")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sources", help=argparse.SUPPRESS)
     parser.add_argument("--tile-names", nargs="*", help=argparse.SUPPRESS)
@@ -131,7 +136,7 @@ def main() -> None:
         return
     bucket = args.work_dir / f"remote_{args.tile_px}px"
     print(f"bench: load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPU(s); writing {args.tiles} "
-          f"benchmark tile(s) of {args.tile_px} px", flush=True)
+          f"benchmark tile(s) of {args.tile_px} px; remote options {dict(args.option) or 'default'}", flush=True)
     t0 = time.perf_counter()
     local, remote_keys, tile_mb, needed = [], [], 0.0, 0
     for tile in TILES[: args.tiles]:
