@@ -17,6 +17,7 @@ from servers import S2_KEY, WC_KEY, Fault, MotoS3, RangeServer, bucket_layout, m
 from aras_assets.errors import TransientError
 from aras_assets.grid import Footprint, s2_filename
 from aras_assets.landcover import label_lut
+from aras_assets.settings import SettingsError, load_settings
 from aras_assets.sources import remote
 from aras_assets.sources.assets import ASSETS, real_patches, tile_catalog
 from aras_assets.sources.catalog import catalog_report
@@ -217,3 +218,11 @@ def test_dagster_retries_a_partition_whose_server_stays_down(http, data_root, in
     assert not result.success and _attempts(result, "real_patches") == 2
     assert "kept failing" in _failure(result) and "gave up after 1 retries" in _failure(result)
     assert files_digest(data_root / "patches" / "N38E029") == before
+
+
+def test_credentials_are_never_settings():
+    with pytest.raises(SettingsError, match="AWS_SECRET_ACCESS_KEY.*credentials only from the environment"):
+        load_settings(overrides={"remote_options": {"AWS_SECRET_ACCESS_KEY": "x"}})
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    assert "AWS_NO_SIGN_REQUEST" not in remote.gdal_options({}, env)  # signed with the environment's keys
+    assert remote.gdal_options({}, {})["AWS_NO_SIGN_REQUEST"] == "YES"  # the public buckets, unsigned
