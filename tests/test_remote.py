@@ -221,7 +221,7 @@ def test_dagster_retries_a_partition_whose_server_stays_down(http, data_root, in
 
 
 def test_credentials_are_never_settings():
-    with pytest.raises(SettingsError, match="AWS_SECRET_ACCESS_KEY.*credentials only from the environment"):
+    with pytest.raises(SettingsError, match=r"AWS_SECRET_ACCESS_KEY.*credentials only from the environment"):
         load_settings(overrides={"remote_options": {"AWS_SECRET_ACCESS_KEY": "x"}})
     env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
     assert "AWS_NO_SIGN_REQUEST" not in remote.gdal_options({}, env)  # signed with the environment's keys
