@@ -135,7 +135,7 @@ def open_checked(uri: str, kind: RasterKind, options: Mapping[str, str | int]) -
 def open_raster(uri: str, kind: RasterKind,
                 remote_options: Mapping[str, str] | None = None) -> Iterator[rasterio.io.DatasetReader]:
     """A checked raster; remote URIs read with the GDAL options of `remote.gdal_options`."""
-    options = gdal_options(remote_options) if is_remote(uri) else {}
+    options = gdal_options(remote_options, remote=is_remote(uri))
     with rasterio.Env(**options), open_checked(uri, kind, options) as ds:
         yield ds
 
@@ -149,7 +149,7 @@ class RasterReader:
     def __init__(self, uri: str, kind: RasterKind, remote_options: Mapping[str, str] | None = None) -> None:
         self.uri, self.kind = uri, kind
         self.remote = is_remote(uri)
-        self.options = gdal_options(remote_options) if self.remote else {}
+        self.options = gdal_options(remote_options, remote=self.remote)
         self._env = rasterio.Env(**self.options)
         self._env.__enter__()
         try:
