@@ -12,7 +12,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
-from servers import S2_KEY, WC_KEY, Fault, MotoS3, RangeServer, bucket_layout, mirror
+from servers import S2_KEY, WC_KEY, Fault, MotoS3, RangeServer, bucket_layout, free_port, mirror
 
 from aras_assets.errors import TransientError
 from aras_assets.grid import Footprint, s2_filename
@@ -226,3 +226,14 @@ def test_credentials_are_never_settings():
     env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
     assert "AWS_NO_SIGN_REQUEST" not in remote.gdal_options({}, env)  # signed with the environment's keys
     assert remote.gdal_options({}, {})["AWS_NO_SIGN_REQUEST"] == "YES"  # the public buckets, unsigned
+
+
+def test_unreachable_bucket_names_endpoint_and_first_uri(fast_retries):
+    port = free_port()  # nothing listens there
+    options = {**FAST, "AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
+    with pytest.raises(TileUnavailable) as err:
+        catalog_report(Footprint(29.01, 38.01, 29.1, 38.99), "templates", None, f"s3://esa-worldcover-s2/{S2_KEY}",
+                       f"s3://esa-worldcover/{WC_KEY}", options)
+    message = str(err.value)
+    assert f"http://127.0.0.1:{port}" in message and "N38E029_S2RGBNIR.tif" in message
+    assert isinstance(err.value, TransientError)  # an endpoint that is down may come back: the step retries

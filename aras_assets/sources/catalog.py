@@ -30,7 +30,7 @@ from aras_assets.grid import (
     wc_tile_containing,
 )
 from aras_assets.sources.rasters import S2_KIND, WC_KIND, RasterKind, TileError, footprint, open_raster
-from aras_assets.sources.remote import BucketAccessError, TileMissing, endpoint_of
+from aras_assets.sources.remote import BucketAccessError, TileMissing, TileUnavailable, endpoint_of
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,8 @@ def probe_templates(bbox: Footprint, s2_template: str, wc_template: str, remote_
     except BucketAccessError as exc:
         raise BucketAccessError(f"S2 template {s2_template!r}: the first URI tried, {s2_cells[0].uri}, "
                                 f"at {endpoint_of(s2_cells[0].uri, remote_options)}: {exc}") from exc
+    except TileUnavailable as exc:  # unreachable or failing: still transient, now naming the template
+        raise TileUnavailable(f"S2 template {s2_template!r}, first URI tried {s2_cells[0].uri}: {exc}") from exc
     s2 = [info for info in found if info is not None]
     skipped = [cell.tile for cell, info in zip(s2_cells, found, strict=True) if info is None]
     if not s2:

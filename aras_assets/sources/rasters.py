@@ -99,7 +99,7 @@ def _open_once(uri: str, kind: RasterKind, options: Mapping[str, str | int]) -> 
             raise TileError(f"{kind.name} tile {uri} cannot be opened (missing, corrupt or not a GeoTIFF): {exc}") from exc
         text = error_text(exc)
         failure = kind_of_failure(text)
-        where = endpoint_of(uri, {k: str(v) for k, v in options.items()})
+        where = _where(uri, options)
         if failure == "missing":
             raise TileMissing(f"{kind.name} tile {uri} does not exist at {where} (HTTP 404 / no such key)") from exc
         if failure == "denied":
@@ -119,10 +119,14 @@ def _open_once(uri: str, kind: RasterKind, options: Mapping[str, str | int]) -> 
         raise TileError(f"{kind.name} tile {uri} cannot be opened (corrupt or not a GeoTIFF): {text}") from exc
 
 
+def _where(uri: str, options: Mapping[str, str | int]) -> str:
+    return endpoint_of(uri, {k: str(v) for k, v in options.items()})
+
+
 def open_checked(uri: str, kind: RasterKind, options: Mapping[str, str | int]) -> rasterio.io.DatasetReader:
     """Open and check a raster, retrying transient remote failures (inside a `rasterio.Env`)."""
     ds = with_retries(lambda: _open_once(uri, kind, options), uri, f"opening the {kind.name} header",
-                      is_transient=lambda exc: isinstance(exc, _Transient))
+                      is_transient=lambda exc: isinstance(exc, _Transient), where=_where(uri, options))
     try:
         check_raster(ds, uri, kind)
     except BaseException:
@@ -186,7 +190,8 @@ class RasterReader:
                     self.ds = None
                 raise _Transient(error_text(exc)) from exc
 
-        return with_retries(attempt, self.uri, f"reading {what}", is_transient=lambda exc: isinstance(exc, _Transient))
+        return with_retries(attempt, self.uri, f"reading {what}", is_transient=lambda exc: isinstance(exc, _Transient),
+                            where=_where(self.uri, self.options))
 
 
 def check_raster(ds: rasterio.io.DatasetReader, uri: str, kind: RasterKind) -> None:

@@ -137,7 +137,7 @@ def credentials_hint(uri: str) -> str:
 
 def with_retries(attempt: Callable[[], T], uri: str, what: str, waits: tuple[float, ...] | None = None,
                  is_transient: Callable[[BaseException], bool] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
+                 sleep: Callable[[float], None] = time.sleep, where: str | None = None) -> T:
     """Run `attempt`; on a transient failure wait and try again, through `waits`; then raise
     `TileUnavailable` naming the URI, what was read and the last error. Other errors pass."""
     waits = READ_RETRY_WAITS_S if waits is None else waits
@@ -154,4 +154,4 @@ def with_retries(attempt: Callable[[], T], uri: str, what: str, waits: tuple[flo
                 break
             sleep(wait)
     raise TileUnavailable(f"{uri}: {what} kept failing after {len(waits) + 1} attempts "
-                          f"(network or server trouble at {endpoint_of(uri)}): {last}") from last
+                          f"(network or server trouble at {where or endpoint_of(uri)}): {last}") from last
