@@ -30,6 +30,7 @@ from aras_assets.cron import parse_cron
 from aras_assets.errors import BadInputError
 from aras_assets.grid import Footprint
 from aras_assets.landcover import DEFAULT_REMAP, validate_remap
+from aras_assets.sources.remote import REMOTE_OPTION_NAMES
 
 S2_BUCKET_TEMPLATE = "s3://esa-worldcover-s2/rgbnir/2021/{lat_band}/ESA_WorldCover_10m_2021_v200_{tile}_S2RGBNIR.tif"
 WC_BUCKET_TEMPLATE = "s3://esa-worldcover/v200/2021/map/ESA_WorldCover_10m_2021_v200_{tile}_Map.tif"
@@ -185,6 +186,11 @@ class Settings:
     tile_source: str = "sample_region"  # a folder (relative paths sit under the data root), "templates" or "release"
     s2_uri_template: str = S2_BUCKET_TEMPLATE
     wc_uri_template: str = WC_BUCKET_TEMPLATE
+    # GDAL options for remote tiles (endpoint, AWS_HTTPS, virtual hosting, timeouts; see
+    # sources/remote.py). Credentials are never settings: AWS_ACCESS_KEY_ID ... in the environment.
+    remote_options: dict[str, str] = field(default_factory=dict, metadata=limits(
+        choices=REMOTE_OPTION_NAMES, says=": GDAL options for remote tiles (credentials only from the environment)"))
+    remote_probe_workers: int = rule(16, ge=1, le=256)  # concurrent header requests of the catalog
     # Sample region written by `aras sample-region`.
     sample_seed: int = rule(7, ge=0)
     sample_tile_px: int = rule(1600, ge=512)  # the sample landscapes need 512 px a side

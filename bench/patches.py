@@ -9,6 +9,7 @@ Every measurement runs in a fresh subprocess (this script with the hidden --only
 peak RSS it reports belongs to that measurement alone and no run warms another's Python heap.
 
     .venv/bin/python bench/patches.py [--tile-px 2048] [--repeats 1]
+    .venv/bin/python bench/patches.py --full-tile    # one and two 12000 px tiles, local and over HTTP
 
 The last line printed is:
     patches speedup vs release method: X (ours A patches/s, baseline B patches/s, peak RSS M MiB)
@@ -256,6 +257,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads for ours")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
+    parser.add_argument("--full-tile", action="store_true",
+                        help="a real-size 12000 px tile (2,116 patches): from the local file and through the loopback "
+                             "HTTP server, patches/s, requests, bytes and peak RSS for 1 and 2 tiles (bench/remote.py)")
     # Hidden: what the parent passes to a measuring child.
     parser.add_argument("--only", choices=("ours", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--tiles", type=int, default=len(SAMPLE_TILES), help=argparse.SUPPRESS)
@@ -265,7 +269,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    if args.only:
+    if args.full_tile:
+        for tiles in (1, 2):
+            subprocess.run([sys.executable, str(Path(__file__).resolve().with_name("remote.py")), "--tile-px", "12000",
+                            "--tiles", str(tiles), "--no-warmup", "--workers", str(args.workers),
+                            "--work-dir", str(args.work_dir)], check=True)
+    elif args.only:
         child(args)
     else:
         parent(args)

@@ -12,7 +12,7 @@ from aras_assets.maps import catalog_map, splits_map
 from aras_assets.partitions import S2_TILE_PARTITIONS, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table, pair_grid
 from aras_assets.settings import SettingsResource
-from aras_assets.sources.catalog import build_catalog
+from aras_assets.sources.catalog import catalog_report
 from aras_assets.sources.checks import check_patches, check_splits
 from aras_assets.sources.patches import (
     CLASS_COUNT_COLUMNS,
@@ -45,11 +45,14 @@ def tile_catalog(context: dg.AssetExecutionContext, settings: SettingsResource,
     covers it (matched by footprint). Registers one `s2_tile` partition per S2 tile."""
     s = settings.get()
     with step_errors(context, s.retry_window_s):
+        skipped: list[str] = []
         if s.tile_source == layout.RELEASE_SOURCE:  # an imported release (`aras import DIR`)
             catalog = release_catalog(read_index(storage.root_path), s.s2_uri_template, s.wc_uri_template)
         else:
             folder = None if s.tile_source == "templates" else storage.resolve(s.tile_source)
-            catalog = build_catalog(s.bbox_footprint, s.tile_source, folder, s.s2_uri_template, s.wc_uri_template)
+            report = catalog_report(s.bbox_footprint, s.tile_source, folder, s.s2_uri_template, s.wc_uri_template,
+                                    s.remote_options, s.remote_probe_workers)
+            catalog, skipped = report.catalog, report.skipped
         out = storage.path(layout.CATALOG)
         storage.writable_dir(out.parent)
         storage.write_parquet(catalog, out)
@@ -67,6 +70,9 @@ def tile_catalog(context: dg.AssetExecutionContext, settings: SettingsResource,
         "s2_tiles": len(tiles),
         "worldcover_tiles": catalog["wc_tile"].n_unique(),
         "new_partitions": len(new),
+        # Template cells with no tile (sea, outside coverage): asked for, absent, not partitions.
+        "skipped_cells": len(skipped),
+        "skipped": ", ".join(skipped) or "none",
         "bbox": str(s.bbox),
         "path": dg.MetadataValue.path(str(out)),
         "tiles": dg.MetadataValue.md(markdown_table(
@@ -102,7 +108,7 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
         entry = catalog_entry(storage, tile)
     source = TileSource(entry["s2_tile"], entry["s2_uri"], entry["wc_tile"], entry["wc_uri"])
     opts = PatchOptions(label_lut(s.remap), s.normalization, s.stretch_max, s.water_max_share, s.effective_workers(),
-                        s.png_compress_level)
+                        s.png_compress_level, tuple(sorted(s.remote_options.items())))
     last_logged = [0]
 
     def progress(done: int, total: int) -> None:

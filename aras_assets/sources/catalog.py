@@ -1,12 +1,16 @@
 """The tile catalog: S2 tiles in a bounding box and the WorldCover tiles that cover them.
 
 A local folder is scanned and every file's header is checked; a URI template (the public
-buckets, say) is expanded for the tiles on the grid inside the box. WorldCover tiles are
+buckets, say) is expanded for the cells of the grid inside the box, and each candidate's
+header is asked for once (concurrently, bounded): cells with no tile (sea, outside coverage)
+are skipped and counted, and only tiles that exist enter the catalog. WorldCover tiles are
 matched to S2 tiles by footprint, never by nearby ids as the release did."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -25,7 +29,8 @@ from aras_assets.grid import (
     wc_filename,
     wc_tile_containing,
 )
-from aras_assets.sources.rasters import S2_KIND, WC_KIND, TileError, footprint, open_raster
+from aras_assets.sources.rasters import S2_KIND, WC_KIND, RasterKind, TileError, footprint, open_raster
+from aras_assets.sources.remote import BucketAccessError, TileMissing, TileUnavailable, endpoint_of
 
 
 @dataclass(frozen=True)
@@ -104,12 +109,68 @@ def match_tiles(bbox: Footprint, s2: list[TileInfo], wc: list[TileInfo], source:
     return pl.DataFrame(rows, schema=CATALOG_SCHEMA)
 
 
-def build_catalog(bbox: Footprint, source: str, folder: Path | None, s2_template: str, wc_template: str) -> pl.DataFrame:
-    """The catalog from a folder (when `folder` is given) or from the URI templates."""
+@dataclass
+class CatalogReport:
+    """The catalog and the template cells that hold no tile (sea, outside coverage)."""
+
+    catalog: pl.DataFrame
+    skipped: list[str] = field(default_factory=list)
+
+
+def probe(candidates: list[TileInfo], kind: RasterKind, remote_options: Mapping[str, str] | None,
+          workers: int) -> list[TileInfo | None]:
+    """Each candidate's header, read once and checked, concurrently (at most `workers` at a
+    time): its real footprint and size, or None when the tile does not exist."""
+    def one(info: TileInfo) -> TileInfo | None:
+        try:
+            with open_raster(info.uri, kind, remote_options) as ds:
+                return TileInfo(info.tile, info.uri, footprint(ds), ds.width, ds.height)
+        except TileMissing:
+            return None
+
+    if not candidates:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(candidates)))) as pool:
+        return list(pool.map(one, candidates))
+
+
+def probe_templates(bbox: Footprint, s2_template: str, wc_template: str, remote_options: Mapping[str, str] | None = None,
+                    workers: int = 16) -> tuple[list[TileInfo], list[TileInfo], list[str]]:
+    """The S2 and WorldCover tiles of the templates that exist, and the S2 cells with no tile."""
+    s2_cells, _ = from_templates(bbox, s2_template, wc_template)
+    if not s2_cells:
+        raise TileError(f"bounding box {bbox} holds no 1-degree tile")
+    try:
+        found = probe(s2_cells, S2_KIND, remote_options, workers)
+    except BucketAccessError as exc:
+        raise BucketAccessError(f"S2 template {s2_template!r}: the first URI tried, {s2_cells[0].uri}, "
+                                f"at {endpoint_of(s2_cells[0].uri, remote_options)}: {exc}") from exc
+    except TileUnavailable as exc:  # unreachable or failing: still transient, now naming the template
+        raise TileUnavailable(f"S2 template {s2_template!r}, first URI tried {s2_cells[0].uri}: {exc}") from exc
+    s2 = [info for info in found if info is not None]
+    skipped = [cell.tile for cell, info in zip(s2_cells, found, strict=True) if info is None]
+    if not s2:
+        raise TileMissing(f"S2 template {s2_template!r} gives no tile in bounding box {bbox}: all {len(s2_cells)} "
+                          f"candidate URIs are missing (HTTP 404 / no such key), the first {s2_cells[0].uri} "
+                          f"at {endpoint_of(s2_cells[0].uri, remote_options)}; check the template and the endpoint")
+    wc_ids = sorted({wc_tile_containing(i.footprint.south + 1e-6, i.footprint.west + 1e-6) for i in s2})
+    wc_cells = [TileInfo(t, _expand(wc_template, t), Footprint.of_tile(t, WC_TILE_DEG),
+                         WC_TILE_DEG * PIXELS_PER_DEGREE, WC_TILE_DEG * PIXELS_PER_DEGREE) for t in wc_ids]
+    wc = [info for info in probe(wc_cells, WC_KIND, remote_options, workers) if info is not None]
+    return s2, wc, skipped
+
+
+def catalog_report(bbox: Footprint, source: str, folder: Path | None, s2_template: str, wc_template: str,
+                   remote_options: Mapping[str, str] | None = None, workers: int = 16) -> CatalogReport:
+    """The catalog from a folder (when `folder` is given) or from the URI templates, probed."""
     if folder is not None:
         s2, wc = scan_folder(folder)
-        return match_tiles(bbox, s2, wc, str(folder))
-    s2, wc = from_templates(bbox, s2_template, wc_template)
-    if not s2:
-        raise TileError(f"bounding box {bbox} holds no 1-degree tile")
-    return match_tiles(bbox, s2, wc, source)
+        return CatalogReport(match_tiles(bbox, s2, wc, str(folder)))
+    s2, wc, skipped = probe_templates(bbox, s2_template, wc_template, remote_options, workers)
+    return CatalogReport(match_tiles(bbox, s2, wc, source), skipped)
+
+
+def build_catalog(bbox: Footprint, source: str, folder: Path | None, s2_template: str, wc_template: str,
+                  remote_options: Mapping[str, str] | None = None, workers: int = 16) -> pl.DataFrame:
+    """The catalog from a folder (when `folder` is given) or from the URI templates."""
+    return catalog_report(bbox, source, folder, s2_template, wc_template, remote_options, workers).catalog

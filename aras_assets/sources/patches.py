@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from PIL import Image
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from aras_assets import layout
@@ -35,7 +34,7 @@ from aras_assets.landcover import (
     UnknownLabelError,
     mask_to_rgb,
 )
-from aras_assets.sources.rasters import S2_KIND, WC_KIND, TileError, footprint, open_raster, read_error
+from aras_assets.sources.rasters import S2_KIND, WC_KIND, RasterReader, TileError, footprint
 from resources.storage import staged_directory, write_parquet_atomic
 
 REJECT_REASONS = ("all_zero_image", "nodata_label", "too_much_water")
@@ -60,6 +59,7 @@ class PatchOptions:
     water_max_share: float = 0.9
     workers: int = 2
     png_compress_level: int = 1
+    remote_options: tuple[tuple[str, str], ...] = ()  # GDAL options for remote tiles (settings' remote_options)
 
 
 @dataclass
@@ -167,7 +167,9 @@ def extract_tile(tile: TileSource, opts: PatchOptions, out_dir: Path, rel_dir: s
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     rows_out: list[dict] = []
     rejected: list[tuple[str, str]] = []
-    with open_raster(tile.s2_uri, S2_KIND) as s2, open_raster(tile.wc_uri, WC_KIND) as wc:
+    remote = dict(opts.remote_options)
+    with RasterReader(tile.s2_uri, S2_KIND, remote) as s2_reader, RasterReader(tile.wc_uri, WC_KIND, remote) as wc_reader:
+        s2, wc = s2_reader.dataset, wc_reader.dataset
         s2_fp, wc_fp = footprint(s2), footprint(wc)
         if not wc_fp.contains(s2_fp):
             raise TileError(f"WorldCover tile {tile.wc_uri} {wc_fp} does not cover S2 tile {tile.s2_tile} {s2_fp}")
@@ -184,14 +186,9 @@ def extract_tile(tile: TileSource, opts: PatchOptions, out_dir: Path, rel_dir: s
 
         def read_strip(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
             y0, height, width = r0 * PATCH_SIZE, (r1 - r0) * PATCH_SIZE, n_cols * PATCH_SIZE
-            try:
-                rgb = s2.read((1, 2, 3), window=Window(0, y0, width, height))
-            except RasterioError as exc:
-                raise read_error(tile.s2_uri, S2_KIND, f"rows {y0}..{y0 + height}", exc) from exc
-            try:
-                labels = wc.read(1, window=Window(off_col, off_row + y0, width, height))
-            except RasterioError as exc:
-                raise read_error(tile.wc_uri, WC_KIND, f"rows {off_row + y0}..{off_row + y0 + height}", exc) from exc
+            rgb = s2_reader.read((1, 2, 3), Window(0, y0, width, height), f"rows {y0}..{y0 + height}")
+            labels = wc_reader.read(1, Window(off_col, off_row + y0, width, height),
+                                    f"rows {off_row + y0}..{off_row + y0 + height}")
             return rgb, labels
 
         def submit_strip(pool: ThreadPoolExecutor, r0: int, strip: tuple[np.ndarray, np.ndarray]) -> list[Future]:
