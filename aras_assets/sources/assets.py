@@ -7,6 +7,7 @@ import polars as pl
 from aras_assets import layout
 from aras_assets.errors import step_errors
 from aras_assets.exchange.importer import materialize_release_tile, read_index, release_catalog, release_splits
+from aras_assets.grid import Footprint
 from aras_assets.landcover import CLASS_NAMES, label_lut
 from aras_assets.maps import catalog_map, splits_map
 from aras_assets.partitions import S2_TILE_PARTITIONS, s2_tile_partitions
@@ -62,7 +63,8 @@ def tile_catalog(context: dg.AssetExecutionContext, settings: SettingsResource,
     context.log.info(f"catalog: {len(tiles)} S2 tiles over {catalog['wc_tile'].n_unique()} WorldCover tiles; "
                      f"{len(new)} new partitions")
     footprints = {r["s2_tile"]: (r["west"], r["south"], r["east"], r["north"]) for r in catalog.iter_rows(named=True)}
-    picture = catalog_map(s.bbox, footprints)
+    cells = {cell: Footprint.of_tile(cell, 1) for cell in skipped}  # S2 tiles are 1-degree cells
+    picture = catalog_map(s.bbox, footprints, {c: (f.west, f.south, f.east, f.north) for c, f in cells.items()})
     storage.write_bytes(storage.path(layout.CATALOG_MAP), picture)
     return dg.MaterializeResult(metadata={
         "map": dg.MetadataValue.md(markdown_image(picture, "catalog tiles in the bounding box")),
