@@ -78,6 +78,9 @@ def test_aras_demo_end_to_end(cli_env, tmp_path):
         found = pl.concat([pl.read_parquet(p) for p in (data / "captions" / origin).glob("*/captions.parquet")])
         assert found.height == count * 5
     assert "FID uncond" in proc.stdout and "FID   cond" in proc.stdout
+    export = data / "export"  # the release layout with STAC, Croissant and a card
+    assert {"train.zip", "val.zip", "test.zip", "synth.zip", "croissant.json", "README.md", "md5sums.txt"} <= {
+        p.name for p in export.iterdir()} and (export / "stac" / "collection.json").exists()
     image_id = uncond["image_id"][3]
     regen = run([str(BIN / "aras"), "regenerate", image_id], env)
     assert "byte-identical" in regen.stdout
