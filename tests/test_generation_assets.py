@@ -19,6 +19,7 @@ from aras_assets.generation.assets import cond_gan, cond_images, gan_fid, uncond
 from aras_assets.generation.regenerate import regenerate
 from aras_assets.segmentation.assets import ASSETS as SEG_ASSETS
 from aras_assets.segmentation.assets import segmentation_model
+from aras_assets.settings import PAPER_CAPTION_PLAN
 from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
 from aras_assets.sources.assets import real_patches, splits, tile_catalog
 from tests.conftest import make_resources
@@ -105,7 +106,8 @@ def test_shard_is_labelled_and_captioned_with_lineage(gans) -> None:
     assert labels["images"] == 10 and labels["model_version"].startswith("aras-segmentation-pan/")
     materialize([uncond_compositions, uncond_captions], resources, instance, "0001")
     captions = pl.read_parquet(root / "captions" / "uncond" / "0001" / "captions.parquet")
-    assert captions.height == 10 * 15 and set(captions["origin"]) == {"uncond"}
+    # One caption per image from each (method, model) pair of the paper's plan.
+    assert captions.height == 10 * len(PAPER_CAPTION_PLAN) and set(captions["origin"]) == {"uncond"}
 
 
 def test_conditional_images_of_a_tile(gans) -> None:
@@ -127,7 +129,9 @@ def test_fid_of_both_sets_beside_the_paper(gans) -> None:
     resources, instance = gans["resources"], gans["instance"]
     md = metadata(materialize([gan_fid], resources, instance), "gan_fid")
     assert md["fid_encoder_uncond"] >= 0 and md["fid_encoder_cond"] >= 0
-    assert "| uncond | encoder" in md["fid"] and "| 16.0 |" in md["fid"] and "| 72.0 |" in md["fid"]
+    assert "| uncond | encoder" in md["fid"] and "paper_fid (Inception)" in md["fid"]
+    # The paper's Inception FIDs are on another scale: the note names them, encoder rows leave them blank.
+    assert "16 / 72" in md["note"] and "| 16.0 |" not in md["fid"] and "| 72.0 |" not in md["fid"]
 
 
 def test_generation_without_a_generator_names_the_asset(sample_region: Path, tmp_path: Path) -> None:

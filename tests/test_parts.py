@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from aras_assets.layout import PARTS
-from aras_assets.mlflow_runs import ModelVersionRef, RunOrigin, move_alias, tracked_run
+from aras_assets.mlflow_runs import ModelVersionRef, RunOrigin, move_alias, source_commit, tracked_run
 from aras_assets.parts import PartsWriter
 
 SCHEMA = {"row_id": pl.String, "key": pl.String, "value": pl.Int64, "note": pl.String}
@@ -70,7 +70,7 @@ def test_tracked_run_ends_finished_or_failed(error: type[BaseException] | None) 
     origin = RunOrigin("dagster-1", "segmentation_model", "splits-v", partition="unet")
     assert origin.run_tags(arch="unet") == {"dagster.run_id": "dagster-1", "dagster.asset_key": "segmentation_model",
                                             "dagster.partition": "unet", "aras.splits_version": "splits-v",
-                                            "aras.arch": "unet"}
+                                            "mlflow.source.git.commit": source_commit(), "aras.arch": "unet"}
     if error is None:
         with tracked_run(client, "0", None, "t", origin.run_tags(), {}) as run_id:
             assert run_id == "run-t"

@@ -69,4 +69,4 @@ def test_mlflow_resource_records_runs_in_a_local_store(tmp_path):
     again = res.client().get_run(run.info.run_id)
     assert again.data.params["arch"] == "unet" and again.data.metrics["f1"] == 0.5
     assert again.info.artifact_uri.startswith((tmp_path / "art").as_uri())
-    assert res.ui_command().endswith("mlflow.db")
+    assert "mlflow.db" in res.ui_command() and res.ui_command().endswith("--host 127.0.0.1 --port 5000")

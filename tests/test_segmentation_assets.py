@@ -104,7 +104,7 @@ def test_mlflow_has_run_version_and_champion(trained) -> None:
     assert sum(p.numel() for p in loaded.parameters()) == meta[best]["parameters"]
     # As the MLflow docs describe a model entry: signature, input example, descriptions, source commit, inputs.
     info = mlflow.models.get_model_info(f"models:/{model_name(best)}@{CHAMPION}")
-    assert info.signature is not None and info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:] == [3, 256, 256]
+    assert info.signature is not None and list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:]) == [3, 256, 256]
     assert info.saved_input_example_info is not None
     version = client.get_model_version(model_name(best), "1")
     assert "validation macro F1" in version.description and "segmentation" in client.get_registered_model(
