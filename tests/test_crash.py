@@ -82,6 +82,28 @@ def kill_at(tiles: Path, root: Path, delay: float) -> bool:
     return not finished and proc.returncode == -signal.SIGKILL
 
 
+def kill_worker_repeatedly(worker: str, arg: Path, duration: float, seed: int, earliest: float,
+                           table: Path, clean: pl.DataFrame) -> tuple[int, int]:
+    """Start `worker` on `arg` and SIGKILL it at a random moment until KILLS runs died before
+    they finished; after each, the table is absent or whole (equal to the clean run's)."""
+    rng = np.random.default_rng(seed)
+    kills, attempts = 0, 0
+    while kills < KILLS and attempts < 4 * KILLS:
+        attempts += 1
+        proc = subprocess.Popen([sys.executable, "-c", worker, str(arg)], cwd=PROJECT, stdout=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(earliest, 1.2 * duration)))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kills += proc.returncode == -signal.SIGKILL
+        if table.exists():  # never a half-written table
+            assert_frame_equal(pl.read_parquet(table), clean)
+    assert kills >= KILLS, f"only {kills} of {attempts} runs were killed before they finished"
+    return kills, attempts
+
+
 def test_patch_extraction_survives_kills(tmp_path: Path) -> None:
     tiles = tmp_path / "tiles"
     write_region(tiles, (TILE,))
@@ -157,21 +179,7 @@ def test_captioning_survives_kills(tmp_path: Path) -> None:
     clean, _ = caption_partition(caption_images(), "real", slow_job(), tmp_path / "clean", batch_size=4)
     duration = time.perf_counter() - started
     folder = tmp_path / "data" / "captions" / "real" / "t"
-    rng = np.random.default_rng(11)
-    kills, attempts = 0, 0
-    while kills < KILLS and attempts < 4 * KILLS:
-        attempts += 1
-        proc = subprocess.Popen([sys.executable, "-c", CAPTION_WORKER, str(folder)], cwd=PROJECT, stdout=subprocess.PIPE,
-                                text=True, start_new_session=True)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        time.sleep(float(rng.uniform(0.0, 1.2 * duration)))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        kills += proc.returncode == -signal.SIGKILL
-        if (folder / layout.CAPTIONS).exists():  # never a half-written table
-            assert_frame_equal(pl.read_parquet(folder / layout.CAPTIONS), clean)
-    assert kills >= KILLS, f"only {kills} of {attempts} runs were killed before they finished"
+    kills, attempts = kill_worker_repeatedly(CAPTION_WORKER, folder, duration, 11, 0.0, folder / layout.CAPTIONS, clean)
     captions, _ = caption_partition(caption_images(), "real", slow_job(), folder, batch_size=4)
     assert_frame_equal(captions, clean)
     assert captions["caption_id"].is_unique().all()
@@ -197,21 +205,8 @@ def test_unconditional_generation_survives_kills(tmp_path: Path) -> None:
     duration = time.perf_counter() - started
     root = tmp_path / "data"
     folder = root / "synthetic" / "uncond" / "0000"
-    rng = np.random.default_rng(13)
-    kills, attempts = 0, 0
-    while kills < KILLS and attempts < 4 * KILLS:
-        attempts += 1
-        proc = subprocess.Popen([sys.executable, "-c", GENERATION_WORKER, str(root)], cwd=PROJECT, stdout=subprocess.PIPE,
-                                text=True, start_new_session=True)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        time.sleep(float(rng.uniform(0.2, 1.2 * duration)))  # the worker builds its generator first
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        kills += proc.returncode == -signal.SIGKILL
-        if (folder / layout.MANIFEST).exists():  # never a half-written manifest
-            assert_frame_equal(pl.read_parquet(folder / layout.MANIFEST), clean)
-    assert kills >= KILLS, f"only {kills} of {attempts} runs were killed before they finished"
+    # Not before 0.2 s: the worker builds its generator first.
+    kills, attempts = kill_worker_repeatedly(GENERATION_WORKER, root, duration, 13, 0.2, folder / layout.MANIFEST, clean)
     manifest, _ = generate_shard(root)
     assert_frame_equal(manifest, clean)
     assert manifest["image_id"].is_unique().all()

@@ -166,6 +166,21 @@ def test_patch_and_image_ids(root: Path) -> None:
     assert (c["kind"], c["patch"]["patch_id"]) == ("image", "N36E027_000_001")
 
 
+def test_window_in_a_cropped_label_file_beside_manifests_without_it(tmp_path: Path) -> None:
+    """Manifests now record where reading wc_uri finds the mask; older ones without the columns still trace."""
+    root = build_dataset(tmp_path)
+    rows = [patch_row("N36E027", r, c) | {"wc_file_x_off": 256 * c + 50, "wc_file_y_off": 256 * r + 7}
+            for r, c in ((0, 0), (0, 1), (1, 0))]
+    write(rows, MANIFEST_SCHEMA, root / "patches/N36E027/manifest.parquet")
+    older = pl.read_parquet(root / "patches/N38E029/manifest.parquet").drop("wc_file_x_off", "wc_file_y_off")
+    older.write_parquet(root / "patches/N38E029/manifest.parquet")
+    cropped, old = trace_many(root, ["N36E027_001_000", "N38E029_002_003"])
+    assert cropped["patch"]["wc_file_window"] == {"x_off": 50, "y_off": 256 + 7, "width": 256, "height": 256}
+    assert "(in that file: x 50, y 263)" in format_trace(cropped)
+    assert old["patch"]["wc_file_window"] is None and "in that file" not in format_trace(old)
+    assert old["patch"]["wc_window"] == {"x_off": 2 * DEG + 768, "y_off": 512, "width": 256, "height": 256}
+
+
 @pytest.mark.parametrize(("record_id", "message"), [
     ("N36E027_000_001_text_7", "caption N36E027_000_001_text_7 not found in"),
     ("N36E027_005_005", "patch N36E027_005_005 not found in"),

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 import rasterio
 from PIL import Image
+from rasterio.windows import Window
 
 from aras_assets.grid import PIXEL_DEG, s2_filename, wc_filename
 from aras_assets.landcover import PALETTE, label_lut, rgb_to_mask
@@ -48,7 +49,14 @@ def test_label_at_known_lon_lat_lands_in_the_right_patch_pixel(tmp_path):
     assert mask[100, 44] == 5 and (mask == 5).sum() == 1  # barren exactly there
     row = result.manifest.filter(pl.col("patch_id") == "N38E029_000_001").row(0, named=True)
     assert row["lon_min"] == pytest.approx(29 + 256 * PIXEL_DEG) and row["lat_max"] == pytest.approx(39)
-    assert (row["wc_x_off"], row["wc_y_off"]) == (24000 + 256, 0)
+    assert (row["wc_x_off"], row["wc_y_off"]) == (24000 + 256, 0)  # on WorldCover's tile grid
+    # The label file is a crop of its tile: its own window is 24000 - 50 columns further left, and
+    # reading the file there gives the patch's labels.
+    assert (row["wc_file_x_off"], row["wc_file_y_off"]) == (256 + 50, 0)
+    with rasterio.open(wc_path) as ds:
+        window = Window(row["wc_file_x_off"], row["wc_file_y_off"], row["width"], row["height"])
+        labels = ds.read(1, window=window)
+    assert labels[100, 44] == 60 and (labels == 60).sum() == 1 and labels.shape == (256, 256)
     assert row["px_barren"] == 1 and row["px_grass"] == 65535
 
 

@@ -21,7 +21,8 @@ BANDS = [{"name": "B04", "description": "red", "centralWavelength": "665 nm"},
          {"name": "B02", "description": "blue", "centralWavelength": "490 nm"}]
 TEXT, INT, FLOAT = mlc.DataType.TEXT, mlc.DataType.INTEGER, mlc.DataType.FLOAT
 # Column types of the top-level CSVs (others are text).
-_INTS = {"row", "col", "x_off", "y_off", "width", "height", "wc_x_off", "wc_y_off", "seed", "caption_index"}
+_INTS = {"row", "col", "x_off", "y_off", "width", "height", "wc_x_off", "wc_y_off", "wc_file_x_off", "wc_file_y_off",
+         "seed", "caption_index"}
 _FLOATS = {"lon_min", "lat_min", "lon_max", "lat_max"}
 
 

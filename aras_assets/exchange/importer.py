@@ -254,6 +254,8 @@ def tile_manifest(index: pl.DataFrame, entry: dict, rel_dir: str) -> pl.DataFram
         rows.append({"patch_id": r["patch_id"], "s2_tile": r["s2_tile"], "wc_tile": entry["wc_tile"],
                      "row": r["row"], "col": r["col"], "x_off": x, "y_off": y, "width": PATCH_SIZE, "height": PATCH_SIZE,
                      "wc_x_off": entry["wc_col_off"] + x, "wc_y_off": entry["wc_row_off"] + y,
+                     # the templates name whole WorldCover tiles: file pixels are tile-grid pixels
+                     "wc_file_x_off": entry["wc_col_off"] + x, "wc_file_y_off": entry["wc_row_off"] + y,
                      "lon_min": west, "lat_min": south, "lon_max": east, "lat_max": north,
                      "s2_uri": entry["s2_uri"], "wc_uri": entry["wc_uri"],
                      "image_path": f"{rel_dir}/{rl.IMAGES}/{r['patch_id']}{rl.PNG}",

@@ -117,7 +117,7 @@ def reject_reason(rgb: np.ndarray, classes: np.ndarray, water_max_share: float) 
 
 def _process_patch(tile: TileSource, row: int, col: int, rgb: np.ndarray, labels: np.ndarray,
                    opts: PatchOptions, out_dir: Path, rel_dir: str, bounds: tuple[float, float, float, float],
-                   wc_window: tuple[int, int]) -> dict | tuple[str, str]:
+                   wc_window: tuple[int, int], wc_file_window: tuple[int, int]) -> dict | tuple[str, str]:
     pid = patch_id(tile.s2_tile, row, col)
     classes = classify(labels, opts.lut, f"WorldCover tile {tile.wc_uri}, patch {pid}")
     reason = reject_reason(rgb, classes, opts.water_max_share)
@@ -133,6 +133,7 @@ def _process_patch(tile: TileSource, row: int, col: int, rgb: np.ndarray, labels
         "patch_id": pid, "s2_tile": tile.s2_tile, "wc_tile": tile.wc_tile, "row": row, "col": col,
         "x_off": col * PATCH_SIZE, "y_off": row * PATCH_SIZE, "width": PATCH_SIZE, "height": PATCH_SIZE,
         "wc_x_off": wc_window[1], "wc_y_off": wc_window[0],
+        "wc_file_x_off": wc_file_window[1], "wc_file_y_off": wc_file_window[0],
         "lon_min": west, "lat_min": south, "lon_max": east, "lat_max": north,
         "s2_uri": tile.s2_uri, "wc_uri": tile.wc_uri,
         "image_path": f"{rel_dir}/images/{pid}.png", "mask_path": f"{rel_dir}/masks/{pid}.png",
@@ -145,7 +146,8 @@ def _process_patch(tile: TileSource, row: int, col: int, rgb: np.ndarray, labels
 MANIFEST_SCHEMA = {
     "patch_id": pl.String, "s2_tile": pl.String, "wc_tile": pl.String, "row": pl.Int32, "col": pl.Int32,
     "x_off": pl.Int32, "y_off": pl.Int32, "width": pl.Int32, "height": pl.Int32,
-    "wc_x_off": pl.Int32, "wc_y_off": pl.Int32,
+    "wc_x_off": pl.Int32, "wc_y_off": pl.Int32,  # the window on WorldCover's 3-degree tile grid
+    "wc_file_x_off": pl.Int32, "wc_file_y_off": pl.Int32,  # the same window in wc_uri's own pixels
     "lon_min": pl.Float64, "lat_min": pl.Float64, "lon_max": pl.Float64, "lat_max": pl.Float64,
     "s2_uri": pl.String, "wc_uri": pl.String, "image_path": pl.String, "mask_path": pl.String,
     "image_sha256": pl.String, "mask_sha256": pl.String, "normalization": pl.String,
@@ -201,9 +203,13 @@ def extract_tile(tile: TileSource, opts: PatchOptions, out_dir: Path, rel_dir: s
                     xs = slice(col * PATCH_SIZE, (col + 1) * PATCH_SIZE)
                     west, north = t @ (col * PATCH_SIZE, row * PATCH_SIZE)
                     east, south = t @ ((col + 1) * PATCH_SIZE, (row + 1) * PATCH_SIZE)
-                    wc_window = (file_row + off_row + row * PATCH_SIZE, file_col + off_col + col * PATCH_SIZE)
+                    # A WorldCover file may be a crop of its tile: the window in the file's own pixels
+                    # is what reading wc_uri needs; the one on the tile grid is what the release names.
+                    wc_file_window = (off_row + row * PATCH_SIZE, off_col + col * PATCH_SIZE)
+                    wc_window = (file_row + wc_file_window[0], file_col + wc_file_window[1])
                     futures.append(pool.submit(_process_patch, tile, row, col, rgb[:, ys, xs], labels[ys, xs],
-                                               opts, out_dir, rel_dir, (west, south, east, north), wc_window))
+                                               opts, out_dir, rel_dir, (west, south, east, north), wc_window,
+                                               wc_file_window))
             return futures
 
         with ThreadPoolExecutor(max_workers=max(1, opts.workers)) as pool:

@@ -7,6 +7,14 @@ from typing import Any
 from aras_assets.layout import UNCOND
 
 
+def _in_file(patch: dict[str, Any]) -> str:
+    """The window in the WorldCover file's own pixels, where the file is a crop of its tile."""
+    fw, ww = patch.get("wc_file_window"), patch["wc_window"]
+    if fw is None or (fw["x_off"], fw["y_off"]) == (ww["x_off"], ww["y_off"]):
+        return ""
+    return f"  (in that file: x {fw['x_off']}, y {fw['y_off']})"
+
+
 def format_trace(record: dict[str, Any]) -> str:
     """The chain as indented text, caption first, source tiles last."""
     lines: list[str] = []
@@ -49,7 +57,7 @@ def format_trace(record: dict[str, Any]) -> str:
                   f"{pad}  S2 tile:    {patch['s2_tile']}  x {w['x_off']}, y {w['y_off']}, {w['width']}x{w['height']} px  "
                   f"{patch['s2_uri']}",
                   f"{pad}  WorldCover: {patch['wc_tile']}  x {ww['x_off']}, y {ww['y_off']}, "
-                  f"{ww['width']}x{ww['height']} px  {patch['wc_uri']}",
+                  f"{ww['width']}x{ww['height']} px  {patch['wc_uri']}{_in_file(patch)}",
                   f"{pad}  bounds:     lon {b['lon_min']:.6f}..{b['lon_max']:.6f}, lat {b['lat_min']:.6f}..{b['lat_max']:.6f}",
                   f"{pad}  files:      {patch['image_path']}, {patch['mask_path']} ({patch['normalization']})",
                   f"{pad}  manifest:   {patch['manifest']}"]

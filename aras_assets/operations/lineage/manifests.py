@@ -3,8 +3,8 @@ manifest of a partition lives and which asset writes it; and the filtered scan t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from aras_assets.operations.lineage.ids import LineageError
 PATCH_COLUMNS = ("patch_id", "s2_tile", "wc_tile", "row", "col", "x_off", "y_off", "width", "height",
                  "wc_x_off", "wc_y_off", "lon_min", "lat_min", "lon_max", "lat_max", "s2_uri", "wc_uri",
                  "image_path", "mask_path", "image_sha256", "mask_sha256", "normalization")
+# Patch manifests written before the window in the WorldCover file's own pixels was recorded lack it.
+PATCH_OPTIONAL = {"wc_file_x_off": pl.Int32, "wc_file_y_off": pl.Int32}
 IMAGE_COLUMNS = tuple(SYNTHETIC_SCHEMA)
 LABEL_COLUMNS = ("image_id", "mask_path", "mask_sha256", "model_name", "model_version")
 CAPTION_COLUMNS = ("caption_id", "image_id", "origin", "mode", "caption_index", "backend", "model", "prompt_hash",
@@ -41,6 +43,7 @@ class Kind:
     columns: tuple[str, ...]  # the columns lineage reads
     product: str  # the asset <origin>_<product> writes the manifests
     manifest: Callable[[str, str], Path]  # (origin, partition) -> manifest, relative to the data root
+    optional: Mapping[str, pl.DataType | type[pl.DataType]] = field(default_factory=dict)  # null where absent
 
     def asset(self, origin: str) -> str:
         return f"{origin}_{self.product}"
@@ -61,7 +64,7 @@ def _patch_manifest(_origin: str, tile: str) -> Path:
 CAPTIONS = Kind("caption", "caption_id", CAPTION_COLUMNS, "captions", layout.captions_file)
 IMAGES = Kind("image", "image_id", IMAGE_COLUMNS, "images", layout.synthetic_manifest)
 LABELS = Kind("label", "image_id", LABEL_COLUMNS, "labels", _label_manifest)
-PATCHES = Kind("patch", "patch_id", PATCH_COLUMNS, "patches", _patch_manifest)
+PATCHES = Kind("patch", "patch_id", PATCH_COLUMNS, "patches", _patch_manifest, PATCH_OPTIONAL)
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -101,6 +104,22 @@ def _unreadable(files: Sequence[Path], kind: Kind, exc: Exception) -> LineageErr
     return LineageError(f"cannot read {len(files)} {kind.what} manifest(s) (e.g. {files[0]}): {exc}")
 
 
+def _by_optional_columns(files: list[Path], kind: Kind) -> list[tuple[bool, list[Path]]]:
+    """The files that hold the kind's optional columns, and those that do not (read from footers)."""
+    if not kind.optional:
+        return [(True, files)]
+    newer = [p for p in files if set(kind.optional) <= set(pl.read_parquet_schema(p))]
+    older = [p for p in files if p not in newer]
+    return [(present, group) for present, group in ((True, newer), (False, older)) if group]
+
+
+def _select(files: list[Path], kind: Kind, optional_present: bool) -> pl.LazyFrame:
+    frame = pl.scan_parquet(files, glob=False, extra_columns="ignore", include_file_paths=_FILE_COL)
+    optional = [pl.col(c).cast(t) if optional_present else pl.lit(None, dtype=t).alias(c)
+                for c, t in kind.optional.items()]
+    return frame.select(*kind.columns, *optional, _FILE_COL)
+
+
 def scan(root: Path, kind: Kind, wanted: Wanted) -> Rows:
     """Rows of `kind` for the ids wanted from each partition's manifest, keyed by id.
     A row only counts when it sits in the manifest its id points at."""
@@ -110,10 +129,8 @@ def scan(root: Path, kind: Kind, wanted: Wanted) -> Rows:
     files = [root / rel for rel in sorted(manifests.values())]
     ids = sorted(set().union(*wanted.values()))
     try:
-        frame = (pl.scan_parquet(files, glob=False, extra_columns="ignore", include_file_paths=_FILE_COL)
-                 .select(*kind.columns, _FILE_COL)
-                 .filter(pl.col(kind.key).is_in(ids))
-                 .collect())
+        frame = pl.concat([_select(group, kind, present) for present, group in _by_optional_columns(files, kind)],
+                          how="vertical").filter(pl.col(kind.key).is_in(ids)).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise _unreadable(files, kind, exc) from exc
     expected = {record_id: str(root / manifests[key]) for key, members in wanted.items() for record_id in members}

@@ -185,6 +185,9 @@ def _patch_record(row: dict[str, Any]) -> dict[str, Any]:
         "row": row["row"], "col": row["col"],
         "window": {k: row[k] for k in ("x_off", "y_off", "width", "height")},
         "wc_window": {"x_off": row["wc_x_off"], "y_off": row["wc_y_off"], "width": row["width"], "height": row["height"]},
+        # where reading wc_uri finds the mask (None in manifests written before it was recorded)
+        "wc_file_window": None if row["wc_file_x_off"] is None else {
+            "x_off": row["wc_file_x_off"], "y_off": row["wc_file_y_off"], "width": row["width"], "height": row["height"]},
         "bounds": {k: row[k] for k in ("lon_min", "lat_min", "lon_max", "lat_max")},
         "s2_uri": row["s2_uri"], "wc_uri": row["wc_uri"],
         "image_path": row["image_path"], "mask_path": row["mask_path"],
