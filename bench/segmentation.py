@@ -4,8 +4,8 @@ The baseline follows the release's evaluation: a DataLoader of batch size 1, fp3
 tensors, model.eval() under torch.no_grad(), the argmax of every image and every truth mask
 kept in Python lists, concatenated and flattened at the end, then scikit-learn's f1, jaccard,
 precision, recall (macro, zero_division=0) and accuracy on the flat arrays. Ours is
-training.evaluate: batches of 16, channels_last, bf16 autocast on CPUs with native bf16
-(AMX / AVX512-BF16, see resources/device.py), one confusion matrix accumulated batch by batch.
+training.evaluate as segmentation_eval runs it for the reported scores: batches of 16,
+channels_last, fp32, one confusion matrix accumulated batch by batch.
 Both use one randomly initialised model (the demo profile's, by default) with the same weights
 and the same 256x256 test images, cut from the embedded sample region; both time loading,
 inference and metrics together, after an untimed warm-up pass.
@@ -176,13 +176,14 @@ def eval_child(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args)
     kept: list = []
     if args.only == "ours":
-        runtime = TorchDeviceResource(device="cpu", cpu_bf16_inference=not args.fp32).runtime(inference=True)
+        # The runtime segmentation_eval uses; evaluate() keeps the forward pass in fp32 (reported scores).
+        runtime = TorchDeviceResource(device="cpu").runtime(inference=True)
         model = runtime.prepare(model).eval()
         forward = runtime.compiled(model)
 
         def once(data: torch.utils.data.Dataset, clock: dict[str, float]) -> dict[str, float]:
             return run_ours(forward, data, runtime, clock)[0]
-        setup = {"autocast": str(runtime.autocast_dtype), "channels_last": runtime.channels_last}
+        setup = {"autocast": "None", "channels_last": runtime.channels_last}
     else:
         def once(data: torch.utils.data.Dataset, clock: dict[str, float]) -> dict[str, float]:
             return run_baseline(model, data, clock, kept)
@@ -285,7 +286,6 @@ def measure(args: argparse.Namespace, method: str, count: int, warmup: bool = Tr
            "--cuda-steps", str(args.cuda_steps)]
     cmd += ["--warmup"] if warmup else []
     cmd += ["--check"] if check else []
-    cmd += ["--fp32"] if args.fp32 else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
@@ -391,7 +391,6 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--cuda-steps", type=int, default=20, help="timed training steps per method on CUDA")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
-    parser.add_argument("--fp32", action="store_true", help="ours without bf16 even where the CPU has it natively")
     # Hidden: what the parent passes to a measuring child.
     parser.add_argument("--only", choices=("ours", "baseline", "train"), help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
