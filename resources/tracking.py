@@ -9,6 +9,15 @@ import dagster as dg
 
 from resources.storage import default_data_root
 
+# MLflow's UI opens an experiment on the view its kind names: ours holds training runs, so it opens
+# on the runs table (not on GenAI traces, nor on a prompt asking for the kind).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {
+    EXPERIMENT_KIND_TAG: "custom_model_development",
+    "mlflow.note.content": ("ARAS training runs: one per segmentation architecture and per GAN materialization, "
+                            "tagged with the Dagster run, asset and partition and the splits' data version."),
+}
+
 
 class MlflowResource(dg.ConfigurableResource):
     """Tracking store `tracking_uri` (default sqlite file under the data root) and artifacts
@@ -44,9 +53,12 @@ class MlflowResource(dg.ConfigurableResource):
         client = self.client()
         name = name or self.experiment
         found = client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        return client.create_experiment(name, artifact_location=self.resolved_artifact_root)
+        if found is None:
+            return client.create_experiment(name, artifact_location=self.resolved_artifact_root, tags=EXPERIMENT_TAGS)
+        if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older version: a kind set by hand stays
+            for key, value in EXPERIMENT_TAGS.items():
+                client.set_experiment_tag(found.experiment_id, key, value)
+        return found.experiment_id
 
     def ui_command(self) -> str:
         from urllib.parse import urlsplit

@@ -62,6 +62,8 @@ def test_mlflow_resource_records_runs_in_a_local_store(tmp_path):
     client = res.client()
     exp = res.experiment_id()
     assert res.experiment_id() == exp
+    # The MLflow UI opens it on the training runs table.
+    assert res.client().get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     run = client.create_run(exp)
     client.log_param(run.info.run_id, "arch", "unet")
     client.log_metric(run.info.run_id, "f1", 0.5)
@@ -70,3 +72,15 @@ def test_mlflow_resource_records_runs_in_a_local_store(tmp_path):
     assert again.data.params["arch"] == "unet" and again.data.metrics["f1"] == 0.5
     assert again.info.artifact_uri.startswith((tmp_path / "art").as_uri())
     assert "mlflow.db" in res.ui_command() and res.ui_command().endswith("--host 127.0.0.1 --port 5000")
+
+
+def test_experiment_of_an_older_version_gets_its_kind_and_a_chosen_kind_stays(tmp_path):
+    res = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=(tmp_path / "art").as_uri(),
+                         experiment="old")
+    client = res.client()
+    old = client.create_experiment("old", artifact_location=res.resolved_artifact_root)  # no kind, as before
+    assert res.experiment_id() == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(old, "mlflow.experimentKind", "finetuning")  # the user's choice
+    res.experiment_id()
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "finetuning"
