@@ -1,4 +1,5 @@
-"""MLflow tracking: a resource around MlflowClient with a local sqlite store by default."""
+"""MLflow tracking: a resource around MlflowClient with a local sqlite store by default, or the
+deployment's (PostgreSQL under ARAS_DEPLOY=postgres or k8s, aras_assets/deploy.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from resources.storage import default_data_root
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """Tracking store `tracking_uri` (default sqlite file under the data root) and artifacts
+    """Tracking store `tracking_uri` (default: the deployment's, else a sqlite file under the data root) and artifacts
     under `artifact_root`, so `mlflow ui --backend-store-uri <same uri>` shows everything."""
 
     tracking_uri: str = ""
@@ -26,6 +27,11 @@ class MlflowResource(dg.ConfigurableResource):
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
             return self.tracking_uri
+        from aras_assets import deploy
+
+        deployed = deploy.mlflow_tracking_uri()
+        if deployed:
+            return deployed
         folder = self._folder()
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{folder / 'mlflow.db'}"
