@@ -28,6 +28,10 @@ DAGSTER_PG_URL_ENV = "ARAS_DAGSTER_PG_URL"  # read by deploy/*/dagster.yaml (`en
 MLFLOW_URI_ENV = "ARAS_MLFLOW_TRACKING_URI"
 CAPTIONER_ENDPOINT_ENV = "ARAS_CAPTIONER_ENDPOINT"
 
+# SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the driver installed is psycopg2, so
+# both URLs name it (Dagster's storage and MLflow's store build their engines from the URL).
+PG_SCHEME = "postgresql+psycopg2"
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_DIR = PROJECT_ROOT / "deploy"
 INSTANCE_CONFIGS = {"local": PROJECT_ROOT / "dagster.yaml", "postgres": DEPLOY_DIR / "postgres" / "dagster.yaml",
@@ -71,7 +75,7 @@ def _required(variable: str, example: str, name: str) -> str:
 
 def dagster_pg_url(name: str | None = None) -> str:
     name = name or current()
-    return _required(DAGSTER_PG_URL_ENV, "postgresql://aras:PASSWORD@db.internal:5432/dagster", name)
+    return _required(DAGSTER_PG_URL_ENV, f"{PG_SCHEME}://aras:PASSWORD@db.internal:5432/dagster", name)
 
 
 def mlflow_tracking_uri(name: str | None = None) -> str | None:
@@ -79,7 +83,7 @@ def mlflow_tracking_uri(name: str | None = None) -> str | None:
     name = name or current()
     if not uses_postgres(name):
         return None
-    return _required(MLFLOW_URI_ENV, "postgresql://aras:PASSWORD@db.internal:5432/mlflow", name)
+    return _required(MLFLOW_URI_ENV, f"{PG_SCHEME}://aras:PASSWORD@db.internal:5432/mlflow", name)
 
 
 def where(url: str) -> str:
@@ -88,12 +92,24 @@ def where(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
 
 
+def redacted(url: str) -> str:
+    """A URL fit to print: its password replaced."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
 def check_database(url: str, variable: str, timeout_s: int = 5) -> None:
     """Connect once: a server that is down or refuses is one line naming host, port and variable."""
     import psycopg2
 
+    scheme = urlsplit(url).scheme
+    if scheme != PG_SCHEME:
+        raise BadInputError(f"{variable} starts with {scheme}://; write {PG_SCHEME}://USER:PASSWORD@HOST:PORT/DATABASE "
+                            "(the PostgreSQL driver installed)")
     try:
-        psycopg2.connect(url, connect_timeout=timeout_s).close()
+        psycopg2.connect(url.replace(f"{PG_SCHEME}://", "postgresql://", 1), connect_timeout=timeout_s).close()
     except psycopg2.Error as exc:
         reason = (str(exc).strip().splitlines() or ["no answer"])[0]
         raise BadInputError(f"PostgreSQL at {where(url)} ({variable}) is unreachable or refused the connection: "
@@ -108,7 +124,7 @@ def check_ready(name: str | None = None) -> None:
         return
     check_database(dagster_pg_url(name), DAGSTER_PG_URL_ENV)
     uri = mlflow_tracking_uri(name)
-    if uri and uri.startswith("postgresql"):
+    if uri and uri.startswith("postgres"):  # another store (an MLflow server's http://) is MLflow's to check
         check_database(uri, MLFLOW_URI_ENV)
 
 
