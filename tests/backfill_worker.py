@@ -18,11 +18,11 @@ from resources import StorageResource
 def backfill_one(home: str, tile: str, tiles: list[str], data_root: str, tile_source: str, start: Barrier,
                  results: Queue) -> None:
     """Register the partitions, as every run of the catalog does, then materialize `tile` once
-    all workers are ready; put (tile, run id, success) on `results`."""
+    the catalog is written and all workers are ready; put (tile, run id, success) on `results`."""
     resources = {"settings": SettingsResource(profile="demo", overrides={"tile_source": tile_source}),
                  "storage": StorageResource(root=data_root)}
     with dg.DagsterInstance.from_config(home) as instance:
-        start.wait(timeout=60)
+        start.wait(timeout=120)
         instance.add_dynamic_partitions("s2_tile", [t for t in tiles if not instance.has_dynamic_partition("s2_tile", t)])
         result = dg.materialize(ASSETS, selection=[real_patches], resources=resources, instance=instance,
                                 partition_key=tile, raise_on_error=False)

@@ -1,6 +1,6 @@
-"""The Postgres deployment against a real PostgreSQL server: the Dagster instance records a real
-run, MLflow's backend store keeps runs and registered versions, and runs of four partitions at
-once (four processes) leave every record exactly once.
+"""The Postgres deployment against a real PostgreSQL server: the Dagster instance records real
+runs, four partition runs at once (four processes) leave every record exactly once, and MLflow's
+backend store keeps runs, registered versions and one champion.
 
 The server: `ARAS_TEST_PG_URL` (`.ci/run` starts one), else a throwaway one started here
 (tests/pg_server.py). Without PostgreSQL the tests skip, unless `ARAS_REQUIRE_POSTGRES=1` (CI),
@@ -17,17 +17,17 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import backfill_worker
 import dagster as dg
+import pg_server
 import polars as pl
 import pytest
 import torch
-
-import backfill_worker
-import pg_server
 from servers import free_port
+
 from aras_assets import deploy
 from aras_assets.instance import ensure_dagster_home
-from aras_assets.sources.assets import ASSETS, real_patches, tile_catalog
+from aras_assets.sources.assets import ASSETS, tile_catalog
 
 TILES = ["N36E030", "N36E031", "N38E028", "N38E029"]
 
@@ -81,42 +81,27 @@ def postgres_deploy(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     return home
 
 
-def test_a_real_run_is_recorded_in_postgres(postgres_deploy: Path, resources: dict, data_root: Path) -> None:
+def test_real_runs_of_four_partitions_at_once_are_recorded_once(postgres_deploy: Path, resources: dict,
+                                                                 data_root: Path, sample_region: Path) -> None:
+    """The catalog's run, then four partition runs at once, each in its own process with its own
+    instance, on one database and one data root: every run and record is there exactly once."""
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-    with dg.DagsterInstance.from_config(str(postgres_deploy)) as instance:
-        assert isinstance(instance.run_storage, PostgresRunStorage)
-        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
-        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
-        dg.materialize(ASSETS, selection=[tile_catalog], resources=resources, instance=instance)
-        result = dg.materialize(ASSETS, selection=[real_patches], resources=resources, instance=instance,
-                                partition_key="N38E028")
-        assert result.success
-    # a second instance (another process would do the same) reads it back from the database
-    with dg.DagsterInstance.from_config(str(postgres_deploy)) as instance:
-        run = instance.get_run_record_by_id(result.run_id)
-        assert run is not None and run.dagster_run.status == dg.DagsterRunStatus.SUCCESS
-        latest = instance.get_latest_materialization_event(dg.AssetKey("real_patches"))
-        assert latest is not None and latest.run_id == result.run_id
-        assert sorted(instance.get_dynamic_partitions("s2_tile")) == TILES
-        patches = pl.read_parquet(data_root / "patches" / "N38E028" / "manifest.parquet").height
-        assert latest.asset_materialization.metadata["patches"].value == patches > 0
-
-
-def test_concurrent_partition_runs_leave_every_record_once(postgres_deploy: Path, resources: dict, data_root: Path,
-                                                           sample_region: Path) -> None:
-    """Four runs at once, each in its own process, on one instance and one data root."""
-    with dg.DagsterInstance.from_config(str(postgres_deploy)) as instance:
-        dg.materialize(ASSETS, selection=[tile_catalog], resources=resources, instance=instance)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["backfill_worker"])  # imported once, then each worker forks from it
-    start, results = context.Barrier(len(TILES)), context.Queue()
+    start, results = context.Barrier(len(TILES) + 1), context.Queue()
     workers = [context.Process(target=backfill_worker.backfill_one,
                                args=(str(postgres_deploy), t, TILES, str(data_root), str(sample_region), start, results))
                for t in TILES]
-    for w in workers:
-        w.start()
     try:
+        with dg.DagsterInstance.from_config(str(postgres_deploy)) as instance:  # creates the tables, once
+            assert isinstance(instance.run_storage, PostgresRunStorage)
+            assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+            assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+            for w in workers:  # they start (import, open their instance) while the catalog runs
+                w.start()
+            catalog = dg.materialize(ASSETS, selection=[tile_catalog], resources=resources, instance=instance)
+        start.wait(timeout=120)  # all go together
         finished = [results.get(timeout=120) for _ in workers]
     finally:
         for w in workers:
@@ -127,14 +112,18 @@ def test_concurrent_partition_runs_leave_every_record_once(postgres_deploy: Path
     assert sorted(t for t, _, ok in finished if ok) == TILES
 
     with dg.DagsterInstance.from_config(str(postgres_deploy)) as instance:
-        runs = instance.get_run_records(dg.RunsFilter(run_ids=[run_id for _, run_id, _ in finished]))
-        assert sorted(r.dagster_run.status.value for r in runs) == ["SUCCESS"] * len(TILES)
+        runs = instance.get_run_records(dg.RunsFilter(run_ids=[catalog.run_id, *(run_id for _, run_id, _ in finished)]))
+        assert sorted(r.dagster_run.status.value for r in runs) == ["SUCCESS"] * (len(TILES) + 1)
+        latest = instance.get_latest_materialization_event(dg.AssetKey("tile_catalog"))
+        assert latest is not None and latest.run_id == catalog.run_id
         assert sorted(instance.get_dynamic_partitions("s2_tile")) == TILES  # each registered once
         records = instance.fetch_materializations(dg.AssetKey("real_patches"), limit=100).records
         assert Counter(r.partition_key for r in records) == dict.fromkeys(TILES, 1)
         by_run = {r.partition_key: r.run_id for r in records}
         assert by_run == {t: run_id for t, run_id, _ in finished}
+        patches = {r.partition_key: r.asset_materialization.metadata["patches"].value for r in records}
     manifests = pl.concat([pl.read_parquet(data_root / "patches" / t / "manifest.parquet") for t in TILES])
+    assert sum(patches.values()) == manifests.height
     assert manifests.height > 40 and manifests["patch_id"].n_unique() == manifests.height
     assert sorted(p.name for p in (data_root / "patches").iterdir()) == TILES  # no staging left
 
