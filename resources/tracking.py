@@ -57,8 +57,13 @@ class MlflowResource(dg.ConfigurableResource):
     def ui_command(self) -> str:
         from urllib.parse import urlsplit
 
+        from aras_assets import deploy
+
         where = urlsplit(self.ui_url)
-        return (f"mlflow ui --backend-store-uri {self.resolved_tracking_uri} --host {where.hostname or '127.0.0.1'} "
+        # a deployment's store URL holds its password: the command names the variable instead
+        store = f'"${deploy.MLFLOW_URI_ENV}"' if not self.tracking_uri and deploy.mlflow_tracking_uri() else \
+            self.resolved_tracking_uri
+        return (f"mlflow ui --backend-store-uri {store} --host {where.hostname or '127.0.0.1'} "
                 f"--port {where.port or 5000}")
 
     def run_url(self, run_id: str) -> dg.MetadataValue:

@@ -140,6 +140,7 @@ def test_mlflow_keeps_runs_and_model_versions_in_postgres(postgres_deploy: Path,
     tracking = MlflowResource(artifact_root=(tmp_path / "artifacts").as_uri())
     uri = os.environ[deploy.MLFLOW_URI_ENV]
     assert tracking.resolved_tracking_uri == uri
+    assert f'--backend-store-uri "${deploy.MLFLOW_URI_ENV}"' in tracking.ui_command()  # never the password
     client = tracking.client()
     experiment = tracking.experiment_id()
     checkpoint = tmp_path / "best.pt"
@@ -183,6 +184,10 @@ def test_a_database_that_is_down_is_one_line(monkeypatch: pytest.MonkeyPatch, ca
     port = free_port()  # nothing listens there
     monkeypatch.setenv(deploy.DAGSTER_PG_URL_ENV, f"postgresql+psycopg2://aras:secret@127.0.0.1:{port}/dagster")
     monkeypatch.setenv(deploy.MLFLOW_URI_ENV, f"postgresql+psycopg2://aras:secret@127.0.0.1:{port}/mlflow")
+    assert cli.main(["settings"]) == 0  # says where things are without connecting, password hidden
+    out = capsys.readouterr().out
+    assert ["deployment", "postgres", "[environment", "ARAS_DEPLOY]"] in [line.split() for line in out.splitlines()]
+    assert "[deploy/postgres/dagster.yaml]" in out and "aras:***@127.0.0.1" in out and "secret" not in out
     assert cli.main(["run", "--profile", "demo"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: PostgreSQL at 127.0.0.1:{port} (ARAS_DAGSTER_PG_URL) is unreachable or refused")
