@@ -106,8 +106,9 @@ def check_database(url: str, variable: str, timeout_s: int = 5) -> None:
 
     scheme = urlsplit(url).scheme
     if scheme != PG_SCHEME:
-        raise BadInputError(f"{variable} starts with {scheme}://; write {PG_SCHEME}://USER:PASSWORD@HOST:PORT/DATABASE "
-                            "(the PostgreSQL driver installed)")
+        found = f"{scheme}://" if scheme else "no scheme"
+        raise BadInputError(f"{variable} must be {PG_SCHEME}://USER:PASSWORD@HOST:PORT/DATABASE (the PostgreSQL "
+                            f"driver installed), not {found}")
     try:
         psycopg2.connect(url.replace(f"{PG_SCHEME}://", "postgresql://", 1), connect_timeout=timeout_s).close()
     except psycopg2.Error as exc:

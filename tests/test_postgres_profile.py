@@ -179,7 +179,8 @@ def test_a_database_that_is_down_is_one_line(monkeypatch: pytest.MonkeyPatch, ca
 
     monkeypatch.setenv(deploy.DAGSTER_PG_URL_ENV, "postgresql://aras@db.internal/dagster")
     assert cli.main(["run", "--profile", "demo"]) == 1
-    assert capsys.readouterr().err.startswith("error: ARAS_DAGSTER_PG_URL starts with postgresql://; write postgresql+psycopg2://")
+    assert capsys.readouterr().err == ("error: ARAS_DAGSTER_PG_URL must be postgresql+psycopg2://USER:PASSWORD@HOST:PORT/"
+                                       "DATABASE (the PostgreSQL driver installed), not postgresql://\n")
 
     port = free_port()  # nothing listens there
     monkeypatch.setenv(deploy.DAGSTER_PG_URL_ENV, f"postgresql+psycopg2://aras:secret@127.0.0.1:{port}/dagster")
