@@ -122,6 +122,12 @@ def test_real_runs_of_four_partitions_at_once_are_recorded_once(postgres_deploy:
         by_run = {r.partition_key: r.run_id for r in records}
         assert by_run == {t: run_id for t, run_id, _ in finished}
         patches = {r.partition_key: r.asset_materialization.metadata["patches"].value for r in records}
+    # the Kubernetes instance config reads the same database (its run launcher needs a cluster: not built here)
+    k8s_home = postgres_deploy.parent / "k8s_home"
+    k8s_home.mkdir()
+    shutil.copyfile(deploy.INSTANCE_CONFIGS["k8s"], k8s_home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(k8s_home)) as instance:
+        assert instance.get_run_record_by_id(catalog.run_id) is not None
     manifests = pl.concat([pl.read_parquet(data_root / "patches" / t / "manifest.parquet") for t in TILES])
     assert sum(patches.values()) == manifests.height
     assert manifests.height > 40 and manifests["patch_id"].n_unique() == manifests.height
