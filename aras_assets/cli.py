@@ -102,10 +102,12 @@ def cmd_sample_region(args: argparse.Namespace) -> int:
 def cmd_settings(args: argparse.Namespace) -> int:
     """Every setting with where its value comes from, then the places in effect: the data root,
     the tiles read, the Dagster instance and the MLflow store."""
+    from aras_assets import deploy
     from aras_assets.settings import load_settings, setting_sources
     from resources import MlflowResource
     from resources.storage import StorageResource
 
+    deployment = deploy.current()
     overrides = _overrides(args.set)
     settings = load_settings(args.profile, overrides)
     sources = setting_sources(args.profile, overrides)
@@ -118,8 +120,11 @@ def cmd_settings(args: argparse.Namespace) -> int:
         print(f"{'S2 tiles':24s} {settings.s2_uri_template}\n{'WorldCover tiles':24s} {settings.wc_uri_template}")
     else:
         print(f"{'tiles':24s} {root / settings.tile_source}/")
-    print(f"{'Dagster instance':24s} {default_dagster_home()}")
-    print(f"{'MLflow tracking':24s} {MlflowResource().resolved_tracking_uri}")
+    deploy_from = f"environment {deploy.DEPLOY_ENV}" if os.environ.get(deploy.DEPLOY_ENV) else "default"
+    print(f"{'deployment':24s} {deployment}  [{deploy_from}]")
+    config = deploy.instance_config(deployment).relative_to(deploy.PROJECT_ROOT)
+    print(f"{'Dagster instance':24s} {default_dagster_home()}  [{config}]")
+    print(f"{'MLflow tracking':24s} {deploy.redacted(MlflowResource().resolved_tracking_uri)}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""MLflow tracking: a resource around MlflowClient with a local sqlite store by default."""
+"""MLflow tracking: a resource around MlflowClient with a local sqlite store by default, or the
+deployment's (PostgreSQL under ARAS_DEPLOY=postgres or k8s, aras_assets/deploy.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ EXPERIMENT_TAGS = {
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """Tracking store `tracking_uri` (default sqlite file under the data root) and artifacts
+    """Tracking store `tracking_uri` (default: the deployment's, else a sqlite file under the data root) and artifacts
     under `artifact_root`, so `mlflow ui --backend-store-uri <same uri>` shows everything."""
 
     tracking_uri: str = ""
@@ -35,6 +36,11 @@ class MlflowResource(dg.ConfigurableResource):
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
             return self.tracking_uri
+        from aras_assets import deploy
+
+        deployed = deploy.mlflow_tracking_uri()
+        if deployed:
+            return deployed
         folder = self._folder()
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{folder / 'mlflow.db'}"
@@ -63,8 +69,13 @@ class MlflowResource(dg.ConfigurableResource):
     def ui_command(self) -> str:
         from urllib.parse import urlsplit
 
+        from aras_assets import deploy
+
         where = urlsplit(self.ui_url)
-        return (f"mlflow ui --backend-store-uri {self.resolved_tracking_uri} --host {where.hostname or '127.0.0.1'} "
+        # a deployment's store URL holds its password: the command names the variable instead
+        store = f'"${deploy.MLFLOW_URI_ENV}"' if not self.tracking_uri and deploy.mlflow_tracking_uri() else \
+            self.resolved_tracking_uri
+        return (f"mlflow ui --backend-store-uri {store} --host {where.hostname or '127.0.0.1'} "
                 f"--port {where.port or 5000}")
 
     def run_url(self, run_id: str) -> dg.MetadataValue:

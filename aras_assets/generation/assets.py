@@ -15,6 +15,7 @@ import polars as pl
 import torch
 
 from aras_assets import layout
+from aras_assets.deploy import GPU_OP_TAGS, GPU_POOL
 from aras_assets.errors import BadInputError, step_errors
 from aras_assets.generation.configs import cond_recipe, expected_config, spade_config, style_config, uncond_recipe
 from aras_assets.generation.data import GanPatches, GenerationError, endless_batches, resized_image, resized_mask
@@ -302,7 +303,8 @@ GAN_DEPS = ["splits", dg.AssetDep("real_patches", partition_mapping=dg.AllPartit
             dg.AssetDep("segmentation_model", partition_mapping=dg.AllPartitionMapping())]
 
 
-@dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu", deps=GAN_DEPS)
+@dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, op_tags=GPU_OP_TAGS,
+          deps=GAN_DEPS)
 def uncond_gan(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """Train the style-based unconditional GAN on the training split's images (resumes from its
@@ -316,7 +318,8 @@ def uncond_gan(context: dg.AssetExecutionContext, settings: SettingsResource, st
     return result
 
 
-@dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu", deps=GAN_DEPS)
+@dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, op_tags=GPU_OP_TAGS,
+          deps=GAN_DEPS)
 def cond_gan(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
              device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """Train the SPADE generator against the U-Net discriminator on the training split's image
@@ -338,7 +341,7 @@ def generation_metadata(manifest: pl.DataFrame, new: int, ref: ModelVersionRef, 
 
 
 @dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "parquet", "png"},
-          partitions_def=gen_shard_partitions, pool="gpu", deps=[uncond_gan])
+          partitions_def=gen_shard_partitions, pool=GPU_POOL, op_tags=GPU_OP_TAGS, deps=[uncond_gan])
 def uncond_images(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                   device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """gen_shard_size images of one shard from the registered unconditional generator, each from
@@ -383,7 +386,7 @@ uncond_labels = labeler_asset(
 
 
 @dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "parquet", "png"},
-          partitions_def=s2_tile_partitions, pool="gpu", deps=[cond_gan, "splits", "real_patches"])
+          partitions_def=s2_tile_partitions, pool=GPU_POOL, op_tags=GPU_OP_TAGS, deps=[cond_gan, "splits", "real_patches"])
 def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                 device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """cond_images_per_mask images for every training patch of the tile, conditioned on its
@@ -429,7 +432,7 @@ def synthetic_manifests(storage: StorageResource, origin: str) -> pl.DataFrame:
     return pl.concat([read_parquet_checked(p) for p in paths]) if paths else pl.DataFrame()
 
 
-@dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch", "mlflow"}, pool="gpu",
+@dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, op_tags=GPU_OP_TAGS,
           deps=[dg.AssetDep(uncond_images, partition_mapping=dg.AllPartitionMapping()),
                 dg.AssetDep(cond_images, partition_mapping=dg.AllPartitionMapping()),
                 # what it also reads: the training patches (the reference) and the labeler's encoder

@@ -14,6 +14,7 @@ import polars as pl
 import torch
 
 from aras_assets import layout
+from aras_assets.deploy import GPU_OP_TAGS, GPU_POOL
 from aras_assets.errors import step_errors
 from aras_assets.landcover import CLASS_NAMES
 from aras_assets.mlflow_runs import (
@@ -213,7 +214,7 @@ def model_metadata(job: SegTraining, trained: SegTrained, done: SegRegistered, r
 
 @dg.asset(
     group_name="segmentation", code_version="1", kinds={"pytorch", "mlflow"}, partitions_def=arch_partitions,
-    pool="gpu",
+    pool=GPU_POOL, op_tags=GPU_OP_TAGS,
     deps=["splits", dg.AssetDep("real_patches", partition_mapping=dg.AllPartitionMapping())],
 )
 def segmentation_model(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
@@ -260,7 +261,7 @@ def evaluated_results(storage: StorageResource) -> dict[str, SegmentationScores]
 
 
 @dg.asset(group_name="segmentation", code_version="1", kinds={"pytorch", "mlflow"}, partitions_def=arch_partitions,
-          pool="gpu", deps=[segmentation_model, "splits"])
+          pool=GPU_POOL, op_tags=GPU_OP_TAGS, deps=[segmentation_model, "splits"])
 def segmentation_eval(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                       device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """Test-split metrics of the architecture's registered model from one accumulated confusion

@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 
 from aras_assets import layout
+from aras_assets.deploy import GPU_OP_TAGS, GPU_POOL
 from aras_assets.errors import step_errors
 from aras_assets.landcover import CLASS_NAMES
 from aras_assets.mlflow_runs import download_checkpoint
@@ -29,7 +30,7 @@ def labeler_asset(name: str, images_for: ImagesFor, partitions_def: dg.Partition
     `images_for(storage, partition)` gives the partition's image_id and image_path."""
 
     @dg.asset(name=name, group_name=group_name, code_version="1", kinds={"pytorch", "parquet", "png"},
-              partitions_def=partitions_def, pool="gpu", description=description,
+              partitions_def=partitions_def, pool=GPU_POOL, op_tags=GPU_OP_TAGS, description=description,
               deps=[*deps, dg.AssetDep("segmentation_model", partition_mapping=dg.AllPartitionMapping())])
     def _labels(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                 device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
