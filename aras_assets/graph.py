@@ -4,7 +4,7 @@ asset to a group puts it in its job, in the UI, in the backfill schedules and in
 `aras run` follows, with no second registration.
 
 Groups are the pipeline's steps: catalog, patches, splits, segmentation, labels, generation,
-captions, evaluation, exchange. They are chosen so stages depend on each other without cycles (a group
+captions, evaluation, ablation, report, exchange. They are chosen so stages depend on each other without cycles (a group
 holding assets that both feed and follow another partitioning, like tile_catalog and splits
 around real_patches, would loop; `stages` says so)."""
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from aras_assets.captions.assets import ASSETS as CAPTION_ASSETS
+from aras_assets.evaluation.assets import ASSETS as EVALUATION_ASSETS
 from aras_assets.exchange.assets import ASSETS as EXCHANGE_ASSETS
 from aras_assets.generation.assets import ASSETS as GENERATION_ASSETS
 from aras_assets.operations.checks import CHECKS
@@ -23,7 +24,7 @@ from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
 from aras_assets.sources.assets import EXTERNAL
 
 ASSETS: list[dg.AssetsDefinition] = [*SOURCE_ASSETS, *SEGMENTATION_ASSETS, *GENERATION_ASSETS, *CAPTION_ASSETS,
-                                     *EXCHANGE_ASSETS]
+                                     *EVALUATION_ASSETS, *EXCHANGE_ASSETS]
 ASSET_CHECKS = CHECKS
 EXTERNAL_ASSETS: list[dg.AssetSpec] = EXTERNAL  # the S2 and WorldCover tiles: inputs, never materialized here
 
@@ -46,10 +47,12 @@ class Stage:
 
 
 def _static_name(pdef: dg.PartitionsDefinition) -> str:
-    from aras_assets.partitions import ARCH_PARTITIONS, arch_partitions
+    from aras_assets.partitions import ABLATION_PARTITIONS, ARCH_PARTITIONS, ablation_partitions, arch_partitions
 
     if pdef == arch_partitions:
         return ARCH_PARTITIONS
+    if pdef == ablation_partitions:
+        return ABLATION_PARTITIONS
     raise ValueError(f"partitions {pdef} have no name in aras_assets.partitions")
 
 

@@ -14,6 +14,10 @@ caption modes. Paths here are relative to the data root (manifests store them th
     eval/segmentation/<arch>/metrics.json, eval/segmentation/tables.md      segmentation_eval
     eval/generation/fid.json                       gan_fid
     eval/captions/{redundancy,consistency}.parquet caption_eval
+    eval/projection/{points.parquet,silhouettes.json,*.png}   feature_projection
+    models/ablation/<arch>/<train_set>/, eval/ablation/<train_set>/<arch>/metrics.json   ablation
+    eval/ablation/{tables.md,gain.png}             ablation_tables
+    report/{report.md,report.html,figures/}        report
     mlflow/                                        the default MLflow store
     sample_region/                                 `aras sample-region`
     release/{train,val,test,synth}/..., index.parquet   `aras import` (the `release` tile source)
@@ -60,6 +64,15 @@ CAPTION_EVAL = Path("eval", "captions")
 CAPTION_TABLE2 = CAPTION_EVAL / "table2.parquet"  # the paper's Table 2 for our captions
 CAPTION_REDUNDANCY = CAPTION_EVAL / "redundancy.parquet"
 CAPTION_CONSISTENCY = CAPTION_EVAL / "consistency.parquet"
+PROJECTION = Path("eval", "projection")
+PROJECTION_POINTS = PROJECTION / "points.parquet"
+PROJECTION_SILHOUETTES = PROJECTION / "silhouettes.json"
+ABLATION_TABLES = Path("eval", "ablation", "tables.md")
+ABLATION_GAIN_PLOT = Path("eval", "ablation", "gain.png")
+ABLATION_METRICS = "eval/ablation/*/*/metrics.json"  # glob: every trained (train set, arch) pair
+REPORT = Path("report")
+REPORT_MARKDOWN = REPORT / "report.md"
+REPORT_HTML = REPORT / "report.html"
 
 
 def patches_dir(tile: str) -> Path:
@@ -84,6 +97,14 @@ def gan_model_dir(kind: str) -> Path:
 
 def seg_eval_dir(arch: str) -> Path:
     return Path("eval", "segmentation", arch)
+
+
+def ablation_model_dir(train_set: str, arch: str) -> Path:
+    return Path("models", "ablation", arch, train_set)
+
+
+def ablation_metrics(train_set: str, arch: str) -> Path:
+    return Path("eval", "ablation", train_set, arch, "metrics.json")
 
 
 def labels_dir(asset: str, partition: str) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from aras_assets.evaluation.paper import TRAIN_SETS
 from aras_assets.settings import SEG_ARCHS
 
 S2_TILE_PARTITIONS = "s2_tile"
@@ -13,6 +14,17 @@ s2_tile_partitions = dg.DynamicPartitionsDefinition(name=S2_TILE_PARTITIONS)
 
 ARCH_PARTITIONS = "arch"
 arch_partitions = dg.StaticPartitionsDefinition(list(SEG_ARCHS))
+
+# The ablation: one partition per (architecture, training set) pair; `aras run` trains the
+# pairs of ablation_archs x ablation_train_sets, the UI can launch any.
+ABLATION_PARTITIONS = "arch_train_set"
+ablation_partitions = dg.MultiPartitionsDefinition({
+    "arch": dg.StaticPartitionsDefinition(list(SEG_ARCHS)), "train_set": dg.StaticPartitionsDefinition(list(TRAIN_SETS))})
+
+
+def ablation_key(train_set: str, arch: str) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"arch": arch, "train_set": train_set})
+
 
 GEN_SHARD_PARTITIONS = "gen_shard"
 gen_shard_partitions = dg.DynamicPartitionsDefinition(name=GEN_SHARD_PARTITIONS)

@@ -15,7 +15,15 @@ from tqdm import tqdm
 
 from aras_assets import layout
 from aras_assets.instance import ensure_dagster_home
-from aras_assets.partitions import ARCH_PARTITIONS, GEN_SHARD_PARTITIONS, S2_TILE_PARTITIONS, gen_shard_keys, register_gen_shards
+from aras_assets.partitions import (
+    ABLATION_PARTITIONS,
+    ARCH_PARTITIONS,
+    GEN_SHARD_PARTITIONS,
+    S2_TILE_PARTITIONS,
+    ablation_key,
+    gen_shard_keys,
+    register_gen_shards,
+)
 from aras_assets.runs import RUNNER_TAG, clean_dead_runs, fail_own_runs, runner_id, stop_on_signals
 from aras_assets.settings import Settings, load_settings
 from aras_assets.sources.sample_region import SAMPLE_TILES, write_sample_region
@@ -53,7 +61,9 @@ def partition_keys(dimension: str | None, settings: Settings, tiles: list[str]) 
     if dimension is None:
         return [None]
     return {S2_TILE_PARTITIONS: list(tiles), ARCH_PARTITIONS: list(settings.seg_archs),
-            GEN_SHARD_PARTITIONS: gen_shard_keys(settings.gen_shards)}[dimension]
+            GEN_SHARD_PARTITIONS: gen_shard_keys(settings.gen_shards),
+            ABLATION_PARTITIONS: [ablation_key(t, a) for t in settings.ablation_train_sets
+                                  for a in settings.ablation_archs]}[dimension]
 
 
 def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None = None,

@@ -28,6 +28,7 @@ import dagster as dg
 from aras_assets.captions.prompts import PERCENT_FORMATS
 from aras_assets.cron import parse_cron
 from aras_assets.errors import BadInputError
+from aras_assets.evaluation.paper import TRAIN_SETS
 from aras_assets.grid import Footprint
 from aras_assets.landcover import DEFAULT_REMAP, validate_remap
 from aras_assets.sources.remote import REMOTE_OPTION_NAMES
@@ -308,6 +309,16 @@ class Settings:
     gen_truncation_psi: float = rule(1.0, ge=0, le=1)  # 0 = the mean w, 1 = no truncation
     fid_images: int = rule(512, ge=2)  # real and synthetic images per FID estimate (at most); a covariance needs 2
     fid_inception_weights: str = ""  # local torchvision Inception-v3 state dict; empty = encoder-space FID only
+    # Evaluation: the feature projection (the paper's Figure 4) and the augmentation ablation (its
+    # Tables 3 and 4). An ablation partition is one (train set, architecture) pair; `aras run`
+    # trains the pairs of these two lists, the UI can materialize any.
+    projection_images: int = rule(300, ge=2)  # images per set (real, uncond, cond) at most, drawn with projection_seed
+    projection_seed: int = rule(0, ge=0)
+    silhouette_sample: int = rule(2000, ge=4)  # points a silhouette is scored on at most (its cost grows with the square)
+    ablation_train_sets: tuple[str, ...] = rule(("real", "real+uncond", "real+cond"), choices=TRAIN_SETS)
+    ablation_archs: tuple[str, ...] = rule(("pan",), choices=SEG_ARCHS)
+    ablation_epochs: int = rule(4, ge=1)  # the segmentation recipe with this many epochs
+    ablation_uncond_multiple: int = rule(3, ge=1)  # uncond images per real training patch in uncond_3x and real+uncond
     # Operating: scheduled partial backfills and the new-tile sensor.
     backfill_cron: str = rule("*/15 * * * *", check=cron_problem, says=CRON_SAYS)  # UTC; read at each tick
     backfill_max_partitions: int = rule(4, ge=1)  # partitions one schedule tick may request
@@ -369,6 +380,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gen_shard_size": 1000,  # 300 x 1000 = the release's 300k unconditional images
         "gen_batch_size": 64,
         "fid_images": 10_000,
+        "projection_images": 2000,
+        "silhouette_sample": 5000,
+        "ablation_train_sets": TRAIN_SETS,  # every training set of Tables 3 and 4, with every architecture
+        "ablation_archs": SEG_ARCHS,
+        "ablation_epochs": 100,
     },
 }
 

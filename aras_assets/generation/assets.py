@@ -17,12 +17,12 @@ import torch
 from aras_assets import layout
 from aras_assets.deploy import GPU_OP_TAGS, GPU_POOL
 from aras_assets.errors import BadInputError, step_errors
+from aras_assets.evaluation.features import FEATURE_SIZE, image_batches, registered_encoder
 from aras_assets.generation.configs import cond_recipe, expected_config, spade_config, style_config, uncond_recipe
 from aras_assets.generation.data import GanPatches, GenerationError, endless_batches, resized_image, resized_mask
 from aras_assets.generation.fid import (
     PAPER_FID,
     FeatureStats,
-    encoder_feature_fn,
     feature_stats,
     fid_from_stats,
     inception_feature_fn,
@@ -69,17 +69,14 @@ from aras_assets.partitions import gen_shard_partitions, register_gen_shards, s2
 from aras_assets.previews import markdown_image, markdown_table, picture_rows
 from aras_assets.segmentation.data import split_records
 from aras_assets.segmentation.labeler_asset import labeler_asset
-from aras_assets.segmentation.models import load_model
-from aras_assets.segmentation.registry import resolve_version
 from aras_assets.settings import Settings, SettingsResource
-from aras_assets.sources.records import read_training_data, tile_training_patches
+from aras_assets.sources.records import read_training_data, synthetic_manifests, tile_training_patches
 from resources import MlflowResource, StorageResource, TorchDeviceResource
 from resources.device import TorchRuntime
 from resources.storage import read_parquet_checked
 
 MODEL_NAMES = {UNCOND: "aras-gan-uncond", COND: "aras-gan-cond"}
 TRAINING_ASSET = {UNCOND: "uncond_gan", COND: "cond_gan"}
-FID_FEATURE_SIZE = 256  # the segmentation encoder sees images at the size it was trained on
 GRID_SAMPLES = 8
 
 
@@ -88,24 +85,11 @@ def train_records(storage: StorageResource) -> tuple[pl.DataFrame, str]:
     return split_records(manifest, table, "train"), data_version
 
 
-def encoder_features(mlflow: MlflowResource, reference: str) -> tuple[Callable, ModelVersionRef]:
-    """FID features from the encoder of a registered segmentation model (champion by default)."""
-    ref = resolve_version(mlflow.client(), reference)
-    with tempfile.TemporaryDirectory() as scratch:
-        model, _, _ = load_model(download_checkpoint(mlflow.resolved_tracking_uri, ref, Path(scratch)))
-    return encoder_feature_fn(model.eval()), ref
-
-
 def even_rows(frame: pl.DataFrame, limit: int) -> pl.DataFrame:
     """At most `limit` rows spread evenly over the frame (a deterministic FID subset)."""
     if frame.height <= limit:
         return frame
     return frame[np.linspace(0, frame.height - 1, limit).round().astype(int).tolist()]
-
-
-def image_batches(paths: list[Path], size: int, batch: int = 32):
-    for begin in range(0, len(paths), batch):
-        yield np.stack([resized_image(p, size) for p in paths[begin:begin + batch]])
 
 
 def image_stats(storage: StorageResource, picks: pl.DataFrame, resolution: int, fn: Callable, size: int,
@@ -185,9 +169,9 @@ def prepare_gan(kind: str, s: Settings, storage: StorageResource, mlflow: Mlflow
         trainer = SpadeTrainer(spade_config(s), config, runtime, perceptual)
     folder = storage.writable_dir(layout.gan_model_dir(kind))
     resume = plan_resume(folder, trainer, data_version, log=log)
-    features, encoder_ref = encoder_features(mlflow, s.label_model)
+    features, encoder_ref = registered_encoder(mlflow.client(), mlflow.resolved_tracking_uri, s.label_model)
     fid_records = even_rows(records, s.fid_images)
-    reference = image_stats(storage, fid_records, s.gan_resolution, features, FID_FEATURE_SIZE, runtime.torch_device)
+    reference = image_stats(storage, fid_records, s.gan_resolution, features, FEATURE_SIZE, runtime.torch_device)
     fid_masks = np.stack([resized_mask(storage.inside(p, "row"), s.gan_resolution)
                           for p in fid_records["mask_path"]]) if kind == COND else None
 
@@ -200,7 +184,7 @@ def prepare_gan(kind: str, s: Settings, storage: StorageResource, mlflow: Mlflow
         else:
             batches = (generate_cond(G, fid_masks[b:b + 32], range(b, b + len(fid_masks[b:b + 32])), runtime)
                        for b in range(0, len(fid_masks), 32))
-        return fid_from_stats(reference, feature_stats(batches, features, FID_FEATURE_SIZE, runtime.torch_device))
+        return fid_from_stats(reference, feature_stats(batches, features, FEATURE_SIZE, runtime.torch_device))
 
     return GanTraining(kind, records, dataset, config, trainer, folder, resume, data_version, encoder_ref, fid, runtime)
 
@@ -427,11 +411,6 @@ FID_NOTE = ("Encoder-space FID is not on the Inception scale of the paper's 16 /
             "published images (their seeds and truncation_psi), evenly sampled up to fid_images.")
 
 
-def synthetic_manifests(storage: StorageResource, origin: str) -> pl.DataFrame:
-    paths = sorted(storage.root_path.glob(layout.synthetic_manifests(origin)))
-    return pl.concat([read_parquet_checked(p) for p in paths]) if paths else pl.DataFrame()
-
-
 @dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch", "mlflow"}, pool=GPU_POOL, op_tags=GPU_OP_TAGS,
           deps=[dg.AssetDep(uncond_images, partition_mapping=dg.AllPartitionMapping()),
                 dg.AssetDep(cond_images, partition_mapping=dg.AllPartitionMapping()),
@@ -455,8 +434,8 @@ def gan_fid(context: dg.AssetExecutionContext, settings: SettingsResource, stora
                 context.log.warning(f"FID of {origin}: fewer than 2 images; materialize {origin}_images first")
             else:
                 sets[origin] = even_rows(manifest, s.fid_images)
-        features, encoder_ref = encoder_features(mlflow, s.label_model)
-        spaces = {f"encoder ({encoder_ref})": (features, FID_FEATURE_SIZE)}
+        features, encoder_ref = registered_encoder(mlflow.client(), mlflow.resolved_tracking_uri, s.label_model)
+        spaces = {f"encoder ({encoder_ref})": (features, FEATURE_SIZE)}
         if s.fid_inception_weights:
             spaces["inception-v3 pool3"] = (inception_feature_fn(storage.resolve(s.fid_inception_weights)), 299)
         client = mlflow.client()

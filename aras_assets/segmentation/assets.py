@@ -48,19 +48,13 @@ from aras_assets.segmentation.training import (
     plan_resume,
     predict,
     train,
+    train_config,
 )
 from aras_assets.settings import Settings, SettingsResource
 from aras_assets.sources.records import read_tile_manifest, read_training_data
 from resources import MlflowResource, StorageResource, TorchDeviceResource
 from resources.device import TorchRuntime
 from resources.storage import contained
-
-
-def train_config(s: Settings) -> TrainConfig:
-    return TrainConfig(epochs=s.seg_epochs, batch_size=s.seg_batch_size, eval_batch_size=s.seg_eval_batch_size,
-                       lr=s.seg_lr, weight_decay=s.seg_weight_decay, grad_clip=s.seg_grad_clip,
-                       ce_weight=s.seg_ce_weight, lr_factor=s.seg_lr_factor, lr_patience=s.seg_lr_patience,
-                       patience=s.seg_patience, augment=s.seg_augment, seed=s.seg_seed, workers=s.seg_loader_workers)
 
 
 def sample_predictions(forward: Callable, dataset: PatchDataset, runtime: TorchRuntime, count: int = 6) -> bytes:

@@ -93,12 +93,23 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     return scaled, np.ascontiguousarray(mask)
 
 
+def resized_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (size x size) image (bicubic) and mask (nearest: no class is invented at edges)."""
+    if image.shape[:2] != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+    if mask.shape != (size, size):
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST))
+    return image, mask
+
+
 class PatchDataset(torch.utils.data.Dataset):
     """(image, mask) pairs; files are opened on access so memory does not grow with the split.
     Augmentation draws from (seed, epoch, index), so it is the same with any worker count."""
 
-    def __init__(self, root: Path, records: pl.DataFrame, augment: bool = False, seed: int = 0) -> None:
+    def __init__(self, root: Path, records: pl.DataFrame, augment: bool = False, seed: int = 0,
+                 size: int | None = None) -> None:
         self.root = Path(root)
+        self.size = size  # pairs of another size are brought to it: image bicubic, mask nearest
         self.ids: list[str] = records["patch_id"].to_list()
         self.images: list[str] = records["image_path"].to_list()
         self.masks: list[str] = records["mask_path"].to_list()
@@ -115,6 +126,8 @@ class PatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = read_image(contained(self.root, self.images[index], f"patch {self.ids[index]}"))
         mask = read_mask(contained(self.root, self.masks[index], f"patch {self.ids[index]}"))
+        if self.size is not None:
+            image, mask = resized_pair(image, mask, self.size)
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image, mask = augment(image, mask, rng)

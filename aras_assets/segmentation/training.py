@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from aras_assets.segmentation.data import PatchDataset, make_loader
 from aras_assets.segmentation.metrics import ConfusionMatrix, SegmentationScores
 from aras_assets.segmentation.models import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
 from resources.device import TorchRuntime
+
+if TYPE_CHECKING:
+    from aras_assets.settings import Settings
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -40,6 +43,14 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     workers: int = 0
+
+
+def train_config(s: Settings) -> TrainConfig:
+    """The recipe the settings give (segmentation_model and every ablation partition use it)."""
+    return TrainConfig(epochs=s.seg_epochs, batch_size=s.seg_batch_size, eval_batch_size=s.seg_eval_batch_size,
+                       lr=s.seg_lr, weight_decay=s.seg_weight_decay, grad_clip=s.seg_grad_clip,
+                       ce_weight=s.seg_ce_weight, lr_factor=s.seg_lr_factor, lr_patience=s.seg_lr_patience,
+                       patience=s.seg_patience, augment=s.seg_augment, seed=s.seg_seed, workers=s.seg_loader_workers)
 
 
 @dataclass

@@ -77,3 +77,9 @@ def tile_training_patches(storage: StorageResource, tile: str) -> pl.DataFrame:
     train = pl.scan_parquet(storage.path(layout.SPLITS)).filter(
         (pl.col("s2_tile") == tile) & (pl.col("split") == "train")).select("patch_id").collect()
     return read_tile_manifest(storage, tile, ["patch_id", "mask_path"]).join(train, on="patch_id").sort("patch_id")
+
+
+def synthetic_manifests(storage: StorageResource, origin: str) -> pl.DataFrame:
+    """Every partition's manifest of one synthetic origin, in partition order (empty when none)."""
+    paths = sorted(storage.root_path.glob(layout.synthetic_manifests(origin)))
+    return pl.concat([read_parquet_checked(p) for p in paths]) if paths else pl.DataFrame()
