@@ -4,27 +4,34 @@ for byte, labelled and captioned; conditional images of a tile; FID; the bad inp
 
 from __future__ import annotations
 
+import json
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import dagster as dg
 import mlflow
+import numpy as np
 import polars as pl
 import pytest
 
 from aras_assets.captions.assets import ASSETS as CAPTION_ASSETS
-from aras_assets.captions.assets import cond_captions, cond_compositions, uncond_captions, uncond_compositions
+from aras_assets.captions.assets import caption_eval, cond_captions, cond_compositions, uncond_captions, uncond_compositions
+from aras_assets.evaluation.assets import ASSETS as EVALUATION_ASSETS
+from aras_assets.evaluation.assets import ablation, ablation_tables, feature_projection, report
 from aras_assets.generation.assets import ASSETS as GEN_ASSETS
 from aras_assets.generation.assets import cond_gan, cond_images, gan_fid, uncond_gan, uncond_images, uncond_labels
 from aras_assets.generation.regenerate import regenerate
+from aras_assets.partitions import ablation_key
 from aras_assets.segmentation.assets import ASSETS as SEG_ASSETS
 from aras_assets.segmentation.assets import segmentation_model
-from aras_assets.settings import PAPER_CAPTION_PLAN
+from aras_assets.segmentation.metrics import scores_from_confusion
+from aras_assets.settings import PAPER_CAPTION_PLAN, SettingsResource
 from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
 from aras_assets.sources.assets import real_patches, splits, tile_catalog
 from tests.conftest import make_resources
 
-ALL = [*SOURCE_ASSETS, *SEG_ASSETS, *GEN_ASSETS, *CAPTION_ASSETS]
+ALL = [*SOURCE_ASSETS, *SEG_ASSETS, *GEN_ASSETS, *CAPTION_ASSETS, *EVALUATION_ASSETS]
 TINY = {"seg_epochs": "1", "gan_steps": "12", "cond_steps": "12", "gan_fid_every": "0", "gan_checkpoint_every": "6",
         "gen_shard_size": "10", "gen_batch_size": "4", "cond_images_per_mask": "2", "fid_images": "32"}
 
@@ -132,6 +139,58 @@ def test_fid_of_both_sets_beside_the_paper(gans) -> None:
     assert "| uncond | encoder" in md["fid"] and "paper_fid (Inception)" in md["fid"]
     # The paper's Inception FIDs are on another scale: the note names them, encoder rows leave them blank.
     assert "16 / 72" in md["note"] and "| 16.0 |" not in md["fid"] and "| 72.0 |" not in md["fid"]
+
+
+def test_evaluation_studies_end_in_a_report_of_this_runs_numbers(gans) -> None:
+    """After the shards, labels, conditional images and FID of the tests above: the projection,
+    two ablation partitions, their tables and the report, every number from these runs."""
+    root, instance = gans["root"], gans["instance"]
+    settings = gans["resources"]["settings"]
+    resources = {**gans["resources"], "settings": SettingsResource(profile="demo", overrides={
+        **settings.overrides, "ablation_epochs": "1", "projection_images": "30"})}
+    projected = metadata(materialize([feature_projection], resources, instance), "feature_projection")
+    points = pl.read_parquet(root / "eval" / "projection" / "points.parquet")
+    assert set(points["set"]) == {"real", "uncond", "cond"} and projected["uncond_images"] == 20
+    assert points.height == sum(projected[f"{s}_images"] for s in ("real", "uncond", "cond"))
+    assert "data:image/png;base64," in projected["umap"] and "| umap |" in projected["silhouettes"]
+    for train_set in ("real", "real+cond"):
+        materialize([ablation], resources, instance, ablation_key(train_set, "pan"))
+    record = json.loads((root / "eval" / "ablation" / "real+cond" / "pan" / "metrics.json").read_text())
+    cond = pl.concat([pl.read_parquet(p) for p in (root / "synthetic" / "cond").glob("*/manifest.parquet")])
+    assert record["counts"] == {"real": gans["train"].height, "cond": cond.height}
+    run = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(record["mlflow_run_id"])
+    assert run.data.tags["aras.train_set"] == "real+cond" and {"aras.cond_version", "aras.splits_version"} <= set(run.data.tags)
+    assert run.data.metrics["test_f1"] == pytest.approx(100 * record["scores"]["f1"], abs=0.005)  # percent, 2 decimals
+    tables = metadata(materialize([ablation_tables], resources, instance), "ablation_tables")
+    f1 = {t: 100 * scores_from_confusion(np.array(json.loads(
+        (root / "eval" / "ablation" / t / "pan" / "metrics.json").read_text())["confusion"])).f1 for t in ("real", "real+cond")}
+    assert f"| Real Data | pan | ours | {f1['real']:.2f} |" in tables["table3"]
+    assert f"| Real + Cond. 80k | pan | ours | {f1['real+cond']:.2f} |" in tables["table3"]
+    assert tables["partitions"] == 2 and "| paper |" in tables["table4"]
+    materialize([caption_eval], resources, instance)
+    shown = metadata(materialize([report], resources, instance), "report")
+    assert shown["sections"][0].startswith("Segmentation")
+    page = _Page()
+    page.feed((root / "report" / "report.html").read_text())
+    assert page.tables >= 7 and len(page.images) == 6 and all(i.startswith("data:image/png") for i in page.images)
+    assert f"{f1['real+cond']:.2f}" in page.cells and "Table 1: volume, redundancy (%) and CLIPScore" in page.cells
+    markdown = (root / "report" / "report.md").read_text()
+    assert "![UMAP of real and synthetic images](figures/umap.png)" in markdown
+    assert (root / "report" / "figures" / "umap.png").exists()
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables, self.images, self.cells = 0, [], []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tables += tag == "table"
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data: str) -> None:
+        self.cells.append(data)
 
 
 def test_generation_without_a_generator_names_the_asset(sample_region: Path, tmp_path: Path) -> None:
