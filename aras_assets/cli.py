@@ -71,6 +71,13 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
         with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True):
             print(f"  captions per (model, method), the paper's Table 2 beside (%):\n"
                   f"{table.with_columns(pl.col('redundancy_pct').round(2))}")
+    ablation_tables = root / layout.ABLATION_TABLES
+    if ablation_tables.exists():
+        print(f"  ablation:    {ablation_tables} (Tables 3 and 4 per training set, the paper's beside)")
+    if (root / layout.PROJECTION_POINTS).exists():
+        print(f"  projection:  {root / layout.PROJECTION}/{{tsne,umap}}.png, points.parquet, silhouettes.json")
+    if (root / layout.REPORT_HTML).exists():
+        print(f"  report:      {root / layout.REPORT_HTML} (and report.md beside its figures)")
     export = root / "export"
     if (export / "README.md").exists():
         print(f"  export:      {export}/{{train,val,test,synth}}.zip, MD5.md, stac/, croissant.json, README.md "

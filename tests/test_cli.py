@@ -48,7 +48,8 @@ def test_dagster_cli_validates_and_materializes(cli_env, tmp_path):
 @pytest.mark.slow
 def test_aras_demo_end_to_end(cli_env, tmp_path):
     env = {**cli_env, "ARAS_SAMPLE_TILE_PX": "1024", "ARAS_SEG_EPOCHS": "1", "ARAS_GAN_STEPS": "8",
-           "ARAS_COND_STEPS": "8", "ARAS_GEN_SHARDS": "2", "ARAS_GEN_SHARD_SIZE": "6", "ARAS_COND_IMAGES_PER_MASK": "1"}
+           "ARAS_COND_STEPS": "8", "ARAS_GEN_SHARDS": "2", "ARAS_GEN_SHARD_SIZE": "6", "ARAS_COND_IMAGES_PER_MASK": "1",
+           "ARAS_ABLATION_EPOCHS": "1"}
     env.pop("ARAS_TILE_SOURCE")  # the demo writes and uses its own sample region
     proc = run([str(BIN / "aras"), "demo"], env)
     assert "Done: 4 tiles" in proc.stdout and "segmentation: pan, fpn" in proc.stdout and "dagster dev" in proc.stdout
@@ -62,7 +63,8 @@ def test_aras_demo_end_to_end(cli_env, tmp_path):
         for key in ("tile_catalog", "real_patches", "splits", "segmentation_model", "segmentation_eval",
                     "real_patch_labels", "real_compositions", "real_captions", "caption_eval", "uncond_gan", "cond_gan",
                     "uncond_images", "uncond_labels", "uncond_compositions", "uncond_captions", "cond_images",
-                    "cond_compositions", "cond_captions", "gan_fid"):
+                    "cond_compositions", "cond_captions", "gan_fid", "feature_projection", "ablation",
+                    "ablation_tables", "report"):
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None
     labelled = pl.concat([pl.read_parquet(p) for p in (data / "labels" / "real_patch_labels").glob("*/manifest.parquet")])
     assert labelled.height == manifests.height
@@ -78,6 +80,10 @@ def test_aras_demo_end_to_end(cli_env, tmp_path):
         found = pl.concat([pl.read_parquet(p) for p in (data / "captions" / origin).glob("*/captions.parquet")])
         assert found.height == count * 5
     assert "FID uncond" in proc.stdout and "FID   cond" in proc.stdout
+    # the evaluation studies: the demo's three training sets for PAN, their tables and the report
+    trained = sorted(p.parent.parent.name for p in (data / "eval" / "ablation").glob("*/pan/metrics.json"))
+    assert trained == ["real", "real+cond", "real+uncond"] and (data / "report" / "report.html").exists()
+    assert "report:" in proc.stdout and "ablation:" in proc.stdout
     export = data / "export"  # the release layout with STAC, Croissant and a card
     assert {"train.zip", "val.zip", "test.zip", "synth.zip", "croissant.json", "README.md", "md5sums.txt"} <= {
         p.name for p in export.iterdir()} and (export / "stac" / "collection.json").exists()
@@ -98,7 +104,7 @@ def test_aras_run_set_gen_shards_makes_that_many_shards(cli_env, tmp_path):
     are partitions of the run's settings, not of the settings when the definitions loaded."""
     tiny = ["sample_tile_px=512", "seg_archs=[\"pan\"]", "seg_epochs=1", "gan_steps=4", "cond_steps=4",
             "gan_fid_every=0", "gen_shards=6", "gen_shard_size=2", "cond_images_per_mask=1", "caption_modes=[\"text\"]",
-            "captions_per_image=1", "fid_images=16"]
+            "captions_per_image=1", "fid_images=16", "ablation_epochs=1", "ablation_train_sets=[\"real\"]"]
     env = {**cli_env}
     env.pop("ARAS_TILE_SOURCE")
     proc = run([str(BIN / "aras"), "run", "--profile", "demo", *[a for kv in tiny for a in ("--set", kv)]], env)
