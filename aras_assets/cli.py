@@ -31,7 +31,8 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
     from aras_assets.pipeline import StageFailed, run_pipeline
 
     try:
-        summary = run_pipeline(profile, _overrides(args.set), quiet=not args.verbose)
+        summary = run_pipeline(profile, _overrides(args.set), quiet=not args.verbose, command=f"aras {args.command}",
+                               in_process=args.in_process)
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -350,9 +351,13 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = with_set(sub.add_parser("demo", help="run every stage on the embedded sample region"))
     demo.add_argument("-v", "--verbose", action="store_true", help="show Dagster's step logs")
+    in_process_help = ("run every run in this process instead of launching it through dagster dev "
+                       "(faster to start; the UI then lists the runs but cannot re-execute them as their jobs)")
+    demo.add_argument("--in-process", action="store_true", help=in_process_help)
     run = with_set(sub.add_parser("run", help="run every stage with a profile"))
     run.add_argument("--profile", default=None, help="demo or paper (default: ARAS_PROFILE or demo)")
     run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("--in-process", action="store_true", help=in_process_help)
     sample = with_set(sub.add_parser("sample-region", help="write the sample region's GeoTIFFs"))
     sample.add_argument("--out", help="folder (default: <data root>/sample_region)")
     sample.add_argument("--seed", type=int)

@@ -6,6 +6,7 @@ the same instance shows the materializations."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from aras_assets import layout
 from aras_assets.instance import ensure_dagster_home
+from aras_assets.launcher import LauncherError, launcher, partition_tags
 from aras_assets.partitions import (
     ABLATION_PARTITIONS,
     ARCH_PARTITIONS,
@@ -66,10 +68,16 @@ def partition_keys(dimension: str | None, settings: Settings, tiles: list[str]) 
                                   for a in settings.ablation_archs]}[dimension]
 
 
+PROFILE_TAG, COMMAND_TAG = "aras/profile", "aras/command"
+
+
 def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None = None,
-                 quiet: bool = True, say: Callable[[str], None] = print) -> PipelineSummary:
+                 quiet: bool = True, say: Callable[[str], None] = print, command: str = "aras run",
+                 in_process: bool = False) -> PipelineSummary:
     """Materialize every stage of the graph in order. A stage with nothing to run (no
-    `seg_archs`, say) is skipped, and so is every stage that reads from a skipped one."""
+    `seg_archs`, say) is skipped, and so is every stage that reads from a skipped one.
+    Runs are launched against the code location (aras_assets/launcher.py), so the UI lists them
+    under their jobs and can re-execute them; `in_process` runs them in this process instead."""
     home = ensure_dagster_home()
     overrides = dict(overrides or {})
     profile = overrides.pop("profile", profile)
@@ -93,26 +101,50 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
     deps = upstream(ASSETS)
     skipped_keys: set[dg.AssetKey] = set()
 
-    def execute(job: str, partition_key: str | None) -> str:
+    tags = {PROFILE_TAG: settings.profile, COMMAND_TAG: command}
+    current: list[str] = []  # the launched run in progress
+
+    def execute_here(job: str, partition_key: str | None) -> str:
         result = definitions.defs.resolve_job_def(job).execute_in_process(
             instance=instance, run_config=config, partition_key=partition_key, raise_on_error=False,
-            tags={RUNNER_TAG: runner_id()})
+            tags={**tags, RUNNER_TAG: runner_id()})
         if received:
             raise KeyboardInterrupt
         if not result.success:
-            where = f" [{partition_key}]" if partition_key else ""
-            raise StageFailed(f"{job}{where} failed (run {result.run_id}): {_failure_message(result)}")
+            raise StageFailed(f"{job}{_where(partition_key)} failed (run {result.run_id}): {_failure_message(result)}")
         return result.run_id
 
-    with stop_on_signals() as received:
+    def execute_launched(job: str, partition_key: str | None) -> str:
+        run_id = runs.submit(job, config, {**tags, **partition_tags(partition_key)})
+        current[:] = [run_id]
+        run = runs.wait(run_id)
+        current.clear()
+        if run.status != dg.DagsterRunStatus.SUCCESS:
+            raise StageFailed(f"{job}{_where(partition_key)} failed (run {run_id}): {runs.failure(run_id)}")
+        return run_id
+
+    with stop_on_signals() as received, contextlib.ExitStack() as stack:
         try:
-            _run_stages(execute, say, settings, summary, instance, storage, deps, skipped_keys)
+            if not in_process:
+                say("starting dagster dev to launch the runs (the UI lists them under their jobs) ...")
+                runs = stack.enter_context(launcher(home, instance))
+                say(f"launching runs through {runs.url}")
+            _run_stages(execute_here if in_process else execute_launched, say, settings, summary, instance, storage,
+                        deps, skipped_keys)
         except KeyboardInterrupt:
             why = f"interrupted by {received[0] if received else 'SIGINT'}"
+            for run_id in current:
+                runs.terminate(run_id)
             failed = fail_own_runs(instance, why)  # whatever Dagster did not record as ended
             raise StageFailed(f"aras run {why}; its run is marked failed{': ' + ', '.join(failed) if failed else ''}") \
                 from None
+        except LauncherError as exc:
+            raise StageFailed(f"could not launch runs: {exc} (or run with --in-process)") from None
     return summary
+
+
+def _where(partition_key: str | None) -> str:
+    return f" [{partition_key}]" if partition_key else ""
 
 
 def _run_stages(execute: Callable[[str, str | None], str], say: Callable[[str], None], settings: Settings,
