@@ -138,6 +138,8 @@ class RunLauncher:
             event = entry.dagster_event
             if event is not None and event.is_failure and event.event_specific_data is not None:
                 error = getattr(event.event_specific_data, "error", None)
+                while error is not None and error.cause is not None and "DagsterExecutionStepExecutionError" in error.message:
+                    error = error.cause  # the user code's error, not Dagster's wrapper
                 if error is not None:
                     return error.message.strip()
         return "see the run in the Dagster UI"

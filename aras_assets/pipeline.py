@@ -104,24 +104,29 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
     tags = {PROFILE_TAG: settings.profile, COMMAND_TAG: command}
     current: list[str] = []  # the launched run in progress
 
-    def execute_here(job: str, partition_key: str | None) -> str:
-        result = definitions.defs.resolve_job_def(job).execute_in_process(
-            instance=instance, run_config=config, partition_key=partition_key, raise_on_error=False,
-            tags={**tags, RUNNER_TAG: runner_id()})
-        if received:
-            raise KeyboardInterrupt
-        if not result.success:
-            raise StageFailed(f"{job}{_where(partition_key)} failed (run {result.run_id}): {_failure_message(result)}")
-        return result.run_id
+    def execute_here(job: str, keys: list[str | None]) -> list[str]:
+        run_ids = []
+        for key in tqdm(keys, desc=job, unit="run", disable=len(keys) < 2):
+            result = definitions.defs.resolve_job_def(job).execute_in_process(
+                instance=instance, run_config=config, partition_key=key, raise_on_error=False,
+                tags={**tags, RUNNER_TAG: runner_id()})
+            if received:
+                raise KeyboardInterrupt
+            if not result.success:
+                raise StageFailed(f"{job}{_where(key)} failed (run {result.run_id}): {_failure_message(result)}")
+            run_ids.append(result.run_id)
+        return run_ids
 
-    def execute_launched(job: str, partition_key: str | None) -> str:
-        run_id = runs.submit(job, config, {**tags, **partition_tags(partition_key)})
-        current[:] = [run_id]
-        run = runs.wait(run_id)
+    def execute_launched(job: str, keys: list[str | None]) -> list[str]:
+        # every partition at once: the run queue and the gpu pool decide how many run together
+        run_ids = [runs.submit(job, config, {**tags, **partition_tags(key)}) for key in keys]
+        current[:] = run_ids
+        ended = {run_id: runs.wait(run_id) for run_id in tqdm(run_ids, desc=job, unit="run", disable=len(keys) < 2)}
         current.clear()
-        if run.status != dg.DagsterRunStatus.SUCCESS:
-            raise StageFailed(f"{job}{_where(partition_key)} failed (run {run_id}): {runs.failure(run_id)}")
-        return run_id
+        for key, run_id in zip(keys, run_ids, strict=True):
+            if ended[run_id].status != dg.DagsterRunStatus.SUCCESS:
+                raise StageFailed(f"{job}{_where(key)} failed (run {run_id}): {runs.failure(run_id)}")
+        return run_ids
 
     with stop_on_signals() as received, contextlib.ExitStack() as stack:
         try:
@@ -147,7 +152,7 @@ def _where(partition_key: str | None) -> str:
     return f" [{partition_key}]" if partition_key else ""
 
 
-def _run_stages(execute: Callable[[str, str | None], str], say: Callable[[str], None], settings: Settings,
+def _run_stages(execute: Callable[[str, list[str | None]], list[str]], say: Callable[[str], None], settings: Settings,
                 summary: PipelineSummary, instance: dg.DagsterInstance, storage: StorageResource,
                 deps: Mapping[dg.AssetKey, set[dg.AssetKey]], skipped_keys: set[dg.AssetKey]) -> None:
     from aras_assets.graph import STAGE_JOBS
@@ -160,13 +165,9 @@ def _run_stages(execute: Callable[[str, str | None], str], say: Callable[[str], 
             skipped_keys |= set(stage.keys)
             say(f"{job}: skipped ({summary.skipped[job]})")
             continue
-        what = ", ".join(k.to_user_string() for k in stage.keys)
-        if keys == [None]:
-            say(f"{what} ...")
-            summary.run_ids[job] = execute(job, None)
-        else:
-            for key in tqdm(keys, desc=what, unit=stage.dimension):
-                summary.run_ids[f"{job}[{key}]"] = execute(job, key)
+        say(f"{', '.join(k.to_user_string() for k in stage.keys)} ...")
+        for key, run_id in zip(keys, execute(job, keys), strict=True):
+            summary.run_ids[job if key is None else f"{job}[{key}]"] = run_id
         if dg.AssetKey("tile_catalog") in stage.keys:
             summary.tiles = _catalogued_tiles(instance, storage)
 

@@ -6,8 +6,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from aras_assets.launcher import RunLauncher, partition_tags
 from tests.e2e.conftest import ARAS_LOCATION, GPU_LOCATION, REPOSITORY, DagsterDev
 
 pytestmark = pytest.mark.e2e
@@ -177,3 +179,34 @@ def test_new_tile_sensor_sees_no_new_tiles(catalogued: DagsterDev):
     assert result["error"] is None, result["error"]
     assert not result["runRequests"] and not result["dynamicPartitionsRequests"]
     assert result["skipReason"] == f"no new tiles among the {len(TILES)} in the folder"
+
+
+JOB_RUNS = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+  name location { name } jobs { name runs(limit: 50) { runId status tags { key value } } } } } } }"""
+REEXECUTE = """mutation($parent: String!) {
+  launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: ALL_STEPS}) {
+    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+
+
+def test_aras_run_launches_runs_listed_under_their_jobs(catalogued: DagsterDev):
+    """What `aras run` does with each stage (aras_assets/launcher.py): its runs go through the
+    webserver, so the UI lists them under their jobs, and they re-execute as their jobs."""
+    with dg.DagsterInstance.from_config(str(catalogued.home)) as instance:
+        runs = RunLauncher(catalogued.url, instance)
+        tags = {"aras/command": "aras run", "aras/profile": "demo"}
+        run_ids = [runs.submit("patches_job", {}, {**tags, **partition_tags(tile)}) for tile in ("N38E028", "N38E029")]
+        assert all(runs.wait(r).status == dg.DagsterRunStatus.SUCCESS for r in run_ids), catalogued.log_tail()
+        jobs = {(repo["location"]["name"], job["name"]): job["runs"]
+                for repo in catalogued.graphql(JOB_RUNS)["repositoriesOrError"]["nodes"] for job in repo["jobs"]}
+        listed = {r["runId"]: r for r in jobs[(ARAS_LOCATION, "patches_job")]}
+        assert set(run_ids) <= set(listed)
+        assert {"key": "aras/command", "value": "aras run"} in listed[run_ids[0]]["tags"]
+        assert {"key": "dagster/partition", "value": "N38E028"} in listed[run_ids[0]]["tags"]
+        again = catalogued.graphql(REEXECUTE, {"parent": run_ids[1]})["launchRunReexecution"]
+        assert again["__typename"] == "LaunchRunSuccess", again
+        rerun = runs.wait(again["run"]["runId"])
+        assert rerun.status == dg.DagsterRunStatus.SUCCESS and rerun.job_name == "patches_job"
+        assert rerun.tags["dagster/partition"] == "N38E029"
+        bad = {"resources": {"settings": {"config": {"overrides": {"split_fractions": "[0.5, 0.5, 0.5]"}}}}}
+        failed = runs.submit("splits_job", bad, tags)
+        assert runs.wait(failed).status == dg.DagsterRunStatus.FAILURE and "split_fractions" in runs.failure(failed)
