@@ -317,7 +317,7 @@ class Settings:
     silhouette_sample: int = rule(2000, ge=4)  # points a silhouette is scored on at most (its cost grows with the square)
     ablation_train_sets: tuple[str, ...] = rule(("real", "real+uncond", "real+cond"), choices=TRAIN_SETS)
     ablation_archs: tuple[str, ...] = rule(("pan",), choices=SEG_ARCHS)
-    ablation_epochs: int = rule(4, ge=1)  # the segmentation recipe with this many epochs
+    ablation_epochs: int = rule(2, ge=1)  # the segmentation recipe with this many epochs
     ablation_uncond_multiple: int = rule(3, ge=1)  # uncond images per real training patch in uncond_3x and real+uncond
     # Operating: scheduled partial backfills and the new-tile sensor.
     backfill_cron: str = rule("*/15 * * * *", check=cron_problem, says=CRON_SAYS)  # UTC; read at each tick

@@ -78,10 +78,10 @@ def test_training_sets_take_the_papers_proportions() -> None:
     real, synthetic = _frames(uncond=40, cond=20)
     counts = {t: compose(t, real, synthetic, uncond_multiple=3).counts for t in TRAIN_SETS}
     assert counts == {"real": {"real": 10}, "uncond_1x": {"uncond": 10}, "uncond_3x": {"uncond": 30},
-                      "real+uncond": {"real": 10, "uncond": 30}, "real+cond": {"real": 10, "cond": 20},
-                      "real+uncond+cond": {"real": 10, "uncond": 30, "cond": 20}}
+                      "real+uncond": {"real": 10, "uncond": 30}, "real+cond": {"real": 10, "cond": 10},
+                      "real+uncond+cond": {"real": 10, "uncond": 30, "cond": 10}}
     both = compose("real+uncond+cond", real, synthetic, 3)
-    assert both.records.height == 60 and both.records["patch_id"].is_unique().all()
+    assert both.records.height == 50 and both.records["patch_id"].is_unique().all()
     assert both.version != compose("real+uncond", real, synthetic, 3).version
     assert set(both.origin_versions()) == {"real", "uncond", "cond"}
 

@@ -8,7 +8,8 @@ Training sets, in the paper's proportions (its 80,182 real training patches besi
     uncond_1x           as many unconditional images as real training patches, alone
     uncond_3x           `uncond_multiple` times as many, alone
     real+uncond         real + `uncond_multiple` x unconditional
-    real+cond           real + every conditional image (one per training mask in the paper)
+    real+cond           real + as many conditional images as real training patches (the
+                        paper's 80k, one per training mask)
     real+uncond+cond    all three
 Unconditional images carry their labeler masks (uncond_labels), conditional ones the mask
 they were conditioned on. Fewer images than asked are used as they are, and said."""
@@ -86,10 +87,9 @@ def compose(train_set: str, real: pl.DataFrame, synthetic: Mapping[str, pl.DataF
     mask_path); `synthetic[origin]`: image_id, image_path, mask_path of every synthetic image
     of that origin, in a fixed order (the first ones are taken)."""
     p = plan(train_set, uncond_multiple)
-    cond = synthetic.get(COND)
-    # every conditional image (at least one: a set that asks for them and finds none is an error)
+    # one conditional image per real training patch: the paper's 80k beside its 80k training masks
     wanted = {REAL: real.height if p.real else 0, UNCOND: p.uncond_per_real * real.height,
-              COND: max(cond.height if cond is not None else 0, 1) if p.cond else 0}
+              COND: real.height if p.cond else 0}
     frames, counts, shortfall = [], {}, {}
     for origin, want in wanted.items():
         if not want:
