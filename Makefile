@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/captions.py
 	$(BIN)/python bench/generation.py
 	$(BIN)/python bench/lineage.py
+	$(BIN)/python bench/evaluation.py
 
 ui: $(STAMP)
 	$(BIN)/aras ui

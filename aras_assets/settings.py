@@ -314,6 +314,7 @@ class Settings:
     # trains the pairs of these two lists, the UI can materialize any.
     projection_images: int = rule(300, ge=2)  # images per set (real, uncond, cond) at most, drawn with projection_seed
     projection_seed: int = rule(0, ge=0)
+    projection_pca: int = rule(50, ge=0)  # principal components t-SNE and UMAP start from; 0 = the scaled features
     silhouette_sample: int = rule(2000, ge=4)  # points a silhouette is scored on at most (its cost grows with the square)
     ablation_train_sets: tuple[str, ...] = rule(("real", "real+uncond", "real+cond"), choices=TRAIN_SETS)
     ablation_archs: tuple[str, ...] = rule(("pan",), choices=SEG_ARCHS)

@@ -95,7 +95,7 @@ def feature_projection(context: dg.AssetExecutionContext, settings: SettingsReso
             labels += [origin] * frame.height
             ids += frame["image_id"].to_list()
             context.log.info(f"feature_projection: {frame.height} {origin} images through {ref}")
-        result = project(np.concatenate(features), labels, s.projection_seed, s.silhouette_sample)
+        result = project(np.concatenate(features), labels, s.projection_seed, s.silhouette_sample, s.projection_pca)
     points = pl.DataFrame({"image_id": ids, "set": labels, "tsne_x": result.tsne[:, 0], "tsne_y": result.tsne[:, 1],
                            "umap_x": result.umap[:, 0], "umap_y": result.umap[:, 1]})
     folder = storage.writable_dir(layout.PROJECTION)

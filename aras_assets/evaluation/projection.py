@@ -1,7 +1,7 @@
 """The paper's Figure 4 as plain functions: segmentation-encoder features of real and synthetic
-images, standardized, projected to 2-D by t-SNE (perplexity 30, PCA init) and UMAP (15
-neighbours, min_dist 0.1), with silhouette scores that say how far apart the sets lie
-(near 0: mixed, as the paper finds; near 1: separate)."""
+images, standardized (and reduced to their first principal components), projected to 2-D by
+t-SNE (perplexity 30, PCA init) and UMAP (15 neighbours, min_dist 0.1), with silhouette scores
+that say how far apart the sets lie (near 0: mixed, as the paper finds; near 1: separate)."""
 
 from __future__ import annotations
 
@@ -91,9 +91,21 @@ class Projection:
     silhouette: dict[str, dict[str, float]]  # space (features, tsne, umap) -> pair -> score
 
 
-def project(features: np.ndarray, labels: Sequence[str], seed: int, silhouette_sample: int) -> Projection:
+def principal_components(features: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """The first `count` principal components (0: the features as they are). Neighbour searches
+    in 50 dimensions instead of 512 keep UMAP of 50k images within two minutes on 2 cores."""
+    from sklearn.decomposition import PCA
+
+    keep = min(count, features.shape[1], len(features))
+    if count <= 0 or keep >= features.shape[1]:
+        return features
+    return PCA(keep, random_state=seed).fit_transform(features).astype(np.float32)
+
+
+def project(features: np.ndarray, labels: Sequence[str], seed: int, silhouette_sample: int, pca: int = 50) -> Projection:
     scaled = standardize(features)
-    tsne, mapped = tsne_2d(scaled, seed), umap_2d(scaled, seed)
+    reduced = principal_components(scaled, pca, seed)
+    tsne, mapped = tsne_2d(reduced, seed), umap_2d(reduced, seed)
     return Projection(tsne, mapped, {space: silhouettes(points, labels, silhouette_sample, seed)
                                      for space, points in (("features", scaled), ("tsne", tsne), ("umap", mapped))})
 
