@@ -218,7 +218,7 @@ class Settings:
     seg_encoders: dict[str, str] = field(default_factory=lambda: dict(DEMO_ENCODERS),
                                            metadata=limits(choices=SEG_ARCHS, check=_encoders_problem))
     seg_encoder_weights: str = ""  # folder of local `<encoder>.pth` files; empty = random init, nothing downloaded
-    seg_epochs: int = rule(12, ge=1)
+    seg_epochs: int = rule(8, ge=1)
     seg_batch_size: int = rule(4, ge=1)
     seg_eval_batch_size: int = rule(16, ge=1)
     seg_lr: float = rule(2e-3, gt=0)
