@@ -1,7 +1,8 @@
-"""Helpers for tests: tiny hand-made tiles on the real grid."""
+"""Helpers for tests: tiny hand-made tiles on the real grid, and an HTML page reader."""
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -20,3 +21,19 @@ def write_pair(folder: Path, s2_tile: str, codes: np.ndarray, reflectance: np.nd
     wc_path = folder / wc_filename(wc)
     write_wc_tile(wc_path, wc, [(row, col, codes)])
     return s2_path, wc_path
+
+
+class HtmlPage(HTMLParser):
+    """What a report page holds: its tables, its images' sources and its text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables, self.images, self.cells = 0, [], []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tables += tag == "table"
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data: str) -> None:
+        self.cells.append(data)

@@ -4,8 +4,6 @@ the report's two renderings."""
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-
 import numpy as np
 import polars as pl
 import pytest
@@ -25,6 +23,7 @@ from aras_assets.evaluation.projection import ProjectionError, silhouettes, stan
 from aras_assets.evaluation.report import Figure, Section, Table, render_html, render_markdown
 from aras_assets.segmentation.metrics import scores_from_confusion
 from aras_assets.settings import SettingsError, load_settings
+from tests.helpers import HtmlPage
 
 RNG = np.random.default_rng(0)
 
@@ -141,27 +140,13 @@ def test_gain_over_real_per_class_and_its_plot() -> None:
     assert gain_plot_png(gains, frequency).startswith(b"\x89PNG")
 
 
-class _Html(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tables, self.images, self.cells = 0, [], []
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        self.tables += tag == "table"
-        if tag == "img":
-            self.images.append(dict(attrs)["src"])
-
-    def handle_data(self, data: str) -> None:
-        self.cells.append(data)
-
-
 def test_report_renders_tables_and_embedded_figures() -> None:
     png = gain_plot_png({}, np.full(7, 1 / 7))
     section = Section("Segmentation", ["a note"], [("Table 3", Table(("Model", "F1"), (("pan", "12.34"),)))],
                       [Figure("gain plot.png", "gain", png)])
     md = render_markdown("Report", [section])
     assert "| pan | 12.34 |" in md and "![gain](figures/gain-plot.png)" in md
-    parsed = _Html()
+    parsed = HtmlPage()
     parsed.feed(render_html("Report", [section]))
     assert parsed.tables == 1 and "12.34" in parsed.cells and parsed.images[0].startswith("data:image/png;base64,")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 
 import dagster as dg
@@ -30,6 +29,7 @@ from aras_assets.settings import PAPER_CAPTION_PLAN, SettingsResource
 from aras_assets.sources.assets import ASSETS as SOURCE_ASSETS
 from aras_assets.sources.assets import real_patches, splits, tile_catalog
 from tests.conftest import make_resources
+from tests.helpers import HtmlPage
 
 ALL = [*SOURCE_ASSETS, *SEG_ASSETS, *GEN_ASSETS, *CAPTION_ASSETS, *EVALUATION_ASSETS]
 TINY = {"seg_epochs": "1", "gan_steps": "12", "cond_steps": "12", "gan_fid_every": "0", "gan_checkpoint_every": "6",
@@ -170,27 +170,13 @@ def test_evaluation_studies_end_in_a_report_of_this_runs_numbers(gans) -> None:
     materialize([caption_eval], resources, instance)
     shown = metadata(materialize([report], resources, instance), "report")
     assert shown["sections"][0].startswith("Segmentation")
-    page = _Page()
+    page = HtmlPage()
     page.feed((root / "report" / "report.html").read_text())
     assert page.tables >= 7 and len(page.images) == 6 and all(i.startswith("data:image/png") for i in page.images)
     assert f"{f1['real+cond']:.2f}" in page.cells and "Table 1: volume, redundancy (%) and CLIPScore" in page.cells
     markdown = (root / "report" / "report.md").read_text()
     assert "![UMAP of real and synthetic images](figures/umap.png)" in markdown
     assert (root / "report" / "figures" / "umap.png").exists()
-
-
-class _Page(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tables, self.images, self.cells = 0, [], []
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        self.tables += tag == "table"
-        if tag == "img":
-            self.images.append(dict(attrs)["src"])
-
-    def handle_data(self, data: str) -> None:
-        self.cells.append(data)
 
 
 def test_generation_without_a_generator_names_the_asset(sample_region: Path, tmp_path: Path) -> None:

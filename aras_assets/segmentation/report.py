@@ -10,27 +10,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from aras_assets.evaluation.paper import MEAN
+from aras_assets.evaluation.paper import PAPER_TABLE3 as PAPER_ABLATION_TABLE3
+from aras_assets.evaluation.paper import PAPER_TABLE4 as PAPER_ABLATION_TABLE4
 from aras_assets.landcover import CLASS_NAMES, mask_to_rgb
 from aras_assets.segmentation.metrics import SegmentationScores
 
-# ARAS400k paper, models trained on real data: Table 3 (F1, IoU, precision, recall, accuracy)
-# and Table 4 (F1 of tree, shrub, grass, crop, built-up, barren, water).
-PAPER_TABLE3 = {
-    "unet": (76.37, 64.49, 77.05, 75.86, 85.17),
-    "unetplusplus": (76.38, 64.36, 76.50, 76.39, 84.85),
-    "pan": (76.20, 64.10, 75.29, 77.60, 84.62),
-    "deeplabv3plus": (76.02, 63.91, 75.59, 76.77, 84.37),
-    "segformer": (77.09, 65.26, 78.10, 76.33, 85.66),
-    "fpn": (76.85, 64.92, 77.07, 76.76, 85.17),
-}
-PAPER_TABLE4 = {
-    "unet": (90.92, 45.86, 84.25, 86.82, 73.86, 58.98, 93.88),
-    "unetplusplus": (90.88, 45.50, 83.95, 86.30, 74.11, 60.97, 92.93),
-    "pan": (90.31, 46.88, 84.05, 86.38, 71.50, 60.58, 93.69),
-    "deeplabv3plus": (90.42, 46.22, 83.56, 86.24, 72.21, 59.92, 93.58),
-    "segformer": (91.08, 48.80, 85.07, 87.16, 73.05, 60.25, 94.20),
-    "fpn": (90.40, 47.67, 84.48, 87.12, 73.02, 61.21, 94.05),
-}
+# The paper's real-data rows of Table 3 (F1, IoU, precision, recall, accuracy) and Table 4 (F1 of
+# tree, shrub, grass, crop, built-up, barren, water), per architecture.
+PAPER_TABLE3 = {arch: row for arch, row in PAPER_ABLATION_TABLE3["real"].items() if arch != MEAN}
+PAPER_TABLE4 = {arch: row for arch, row in PAPER_ABLATION_TABLE4["real"].items() if arch != MEAN}
 PAPER_NAMES = {"unet": "Unet", "unetplusplus": "Unet++", "pan": "PAN", "deeplabv3plus": "DeepLab",
                "segformer": "Segformer", "fpn": "FPN"}
 TABLE4_HEADS = ("Tree", "Shrub", "Grass", "Crop", "Build", "Barren", "Water")
