@@ -45,7 +45,8 @@ from aras_assets.segmentation.metrics import ConfusionMatrix, SegmentationScores
 from aras_assets.segmentation.models import ModelSpec, build_model, encoder_weights_path, load_model
 from aras_assets.segmentation.training import evaluate, plan_resume, train, train_config
 from aras_assets.settings import Settings, SettingsResource
-from aras_assets.sources.records import read_training_data, synthetic_manifests
+from aras_assets.sources.records import read_splits, read_training_data, synthetic_manifests
+from aras_assets.sources.splits import splits_version as version_of_splits
 from resources import MlflowResource, StorageResource, TorchDeviceResource
 from resources.storage import read_parquet_checked
 
@@ -56,9 +57,10 @@ def _sample(frame: pl.DataFrame, limit: int, seed: int) -> pl.DataFrame:
     return frame if frame.height <= limit else frame.sample(n=limit, seed=seed).sort("image_id")
 
 
-def projection_sets(storage: StorageResource, s: Settings) -> dict[str, pl.DataFrame]:
-    """image_id and image_path of up to projection_images images per set, drawn with projection_seed."""
-    manifest, table, _ = read_training_data(storage)
+def projection_sets(storage: StorageResource, s: Settings) -> tuple[dict[str, pl.DataFrame], str]:
+    """image_id and image_path of up to projection_images images per set, drawn with
+    projection_seed, and the version of the splits the real ones come from."""
+    manifest, table, splits_version = read_training_data(storage)
     real = split_records(manifest, table, "train").select(pl.col("patch_id").alias("image_id"), "image_path")
     sets = {REAL: real}
     for origin in (UNCOND, COND):
@@ -68,7 +70,7 @@ def projection_sets(storage: StorageResource, s: Settings) -> dict[str, pl.DataF
     if len(sets) < 2:
         raise BadInputError("the projection needs synthetic images beside the real ones: "
                             "materialize uncond_images or cond_images first")
-    return {origin: _sample(frame, s.projection_images, s.projection_seed) for origin, frame in sets.items()}
+    return {origin: _sample(frame, s.projection_images, s.projection_seed) for origin, frame in sets.items()}, splits_version
 
 
 @dg.asset(group_name="evaluation", code_version="1", kinds={"pytorch", "mlflow", "parquet"}, pool=GPU_POOL,
@@ -86,7 +88,7 @@ def feature_projection(context: dg.AssetExecutionContext, settings: SettingsReso
     runtime = device.runtime(inference=True)
     client = mlflow.client()
     with step_errors(context, s.retry_window_s):
-        sets = projection_sets(storage, s)
+        sets, splits_version = projection_sets(storage, s)
         fn, ref = registered_encoder(client, mlflow.resolved_tracking_uri, s.label_model)
         features, labels, ids = [], [], []
         for origin, frame in sets.items():
@@ -106,7 +108,6 @@ def feature_projection(context: dg.AssetExecutionContext, settings: SettingsReso
         storage.write_bytes(folder / f"{name}.png", png)
     storage.write_bytes(storage.path(layout.PROJECTION_SILHOUETTES), json.dumps(result.silhouette, indent=2).encode())
     silhouettes = [{"space": space, **{k: round(v, 4) for k, v in scores.items()}} for space, scores in result.silhouette.items()]
-    _, _, splits_version = read_training_data(storage)
     origin = RunOrigin(context.run_id, context.asset_key.to_user_string(), splits_version)
     with tracked_run(client, mlflow.experiment_id(), None, "feature-projection", origin.run_tags(label_model=str(ref)),
                      {"images_per_set": s.projection_images, "seed": s.projection_seed, "label_model": str(ref),
@@ -305,7 +306,7 @@ def report(context: dg.AssetExecutionContext, storage: StorageResource, mlflow: 
     storage.write_bytes(storage.path(layout.REPORT_MARKDOWN), markdown.encode())
     storage.write_bytes(storage.path(layout.REPORT_HTML), page.encode())
     client = mlflow.client()
-    origin = RunOrigin(context.run_id, context.asset_key.to_user_string(), read_training_data(storage)[2])
+    origin = RunOrigin(context.run_id, context.asset_key.to_user_string(), version_of_splits(read_splits(storage)))
     with tracked_run(client, mlflow.experiment_id(), None, "report", origin.run_tags(), {"sections": len(sections)}) as run_id:
         client.log_artifact(run_id, str(storage.path(layout.REPORT_MARKDOWN)), "report")
         client.log_artifact(run_id, str(storage.path(layout.REPORT_HTML)), "report")
