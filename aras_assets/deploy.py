@@ -144,8 +144,16 @@ def resources(name: str | None = None) -> dict[str, object]:
 
 
 def executor(name: str | None = None) -> Any:
-    """The executor of every job: each step in its own Kubernetes job on k8s, Dagster's default elsewhere."""
-    if (name or current()) != "k8s":
+    """The executor of every job: each step in its own Kubernetes job on k8s; on one machine
+    (local) the steps of a run in the run's process, one after another, since a process per step
+    would import the definitions (torch and all, seconds) again for every step; Dagster's
+    default (a process per step, several at once) on postgres, where runs have room."""
+    name = name or current()
+    if name == "local":
+        import dagster as dg
+
+        return dg.in_process_executor
+    if name != "k8s":
         return None
     from dagster_k8s import k8s_job_executor
 

@@ -36,6 +36,8 @@ class Stage:
     group: str
     partitions_def: dg.PartitionsDefinition | None
     keys: tuple[dg.AssetKey, ...]
+    # Partitions one run may take: the least of its assets' backfill policies (1 without one).
+    per_run: int = 1
 
     @property
     def dimension(self) -> str | None:
@@ -80,6 +82,15 @@ def topological_order(assets: list[dg.AssetsDefinition]) -> list[dg.AssetKey]:
     return order
 
 
+def _per_run(assets: list[dg.AssetsDefinition], keys: list[dg.AssetKey]) -> int:
+    limits = []
+    for a in assets:
+        if set(a.keys) & set(keys):
+            policy = a.backfill_policy
+            limits.append(1 if policy is None else policy.max_partitions_per_run or 1_000_000)
+    return min(limits, default=1)
+
+
 def stages(assets: list[dg.AssetsDefinition] | None = None) -> list[Stage]:
     """The stages in an order that runs every stage after the ones it reads."""
     assets = ASSETS if assets is None else assets
@@ -99,7 +110,7 @@ def stages(assets: list[dg.AssetsDefinition] | None = None) -> list[Stage]:
             raise ValueError("groups loop through each other's partitions: "
                              + ", ".join(f"{g}/{p}" for g, p in members if (g, p) not in placed))
         group, pdef = ready[0]
-        ordered.append(Stage(group, pdef, tuple(members[ready[0]])))
+        ordered.append(Stage(group, pdef, tuple(members[ready[0]]), _per_run(assets, members[ready[0]])))
         placed.add(ready[0])
     return ordered
 

@@ -1,7 +1,8 @@
 """Running the whole pipeline in the project's Dagster instance, stage by stage, as the
 `aras demo` and `aras run` commands do. The stages and their order come from the asset graph
-(`aras_assets.graph`); each stage runs once, or once per partition of its dimension: the
-catalog's tiles, the `seg_archs`, the `gen_shards`. Every run is recorded, so `dagster dev` on
+(`aras_assets.graph`); each stage runs once, or over the partitions of its dimension: the
+catalog's tiles and the `gen_shards` in runs of up to PARTITIONS_PER_RUN partitions
+(aras_assets/ranged.py), the `seg_archs` and the ablation's pairs one run each. Every run is recorded, so `dagster dev` on
 the same instance shows the materializations."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from aras_assets import layout
 from aras_assets.instance import ensure_dagster_home
-from aras_assets.launcher import LauncherError, launcher, partition_tags
+from aras_assets.launcher import LauncherError, launcher
 from aras_assets.partitions import (
     ABLATION_PARTITIONS,
     ARCH_PARTITIONS,
@@ -26,6 +27,7 @@ from aras_assets.partitions import (
     gen_shard_keys,
     register_gen_shards,
 )
+from aras_assets.ranged import partition_ranges, range_tags
 from aras_assets.runs import RUNNER_TAG, clean_dead_runs, fail_own_runs, runner_id, stop_on_signals
 from aras_assets.settings import Settings, load_settings
 from aras_assets.sources.sample_region import SAMPLE_TILES, write_sample_region
@@ -104,28 +106,30 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
     tags = {PROFILE_TAG: settings.profile, COMMAND_TAG: command}
     current: list[str] = []  # the launched run in progress
 
-    def execute_here(job: str, keys: list[str | None]) -> list[str]:
+    def execute_here(job: str, runs_of: list[list[str | None]]) -> list[str]:
         run_ids = []
-        for key in tqdm(keys, desc=job, unit="run", disable=len(keys) < 2):
+        for keys in tqdm(runs_of, desc=job, unit="run", disable=len(runs_of) < 2):
+            one = keys[0] if len(keys) == 1 else None
             result = definitions.defs.resolve_job_def(job).execute_in_process(
-                instance=instance, run_config=config, partition_key=key, raise_on_error=False,
-                tags={**tags, RUNNER_TAG: runner_id()})
+                instance=instance, run_config=config, partition_key=one, raise_on_error=False,
+                tags={**tags, RUNNER_TAG: runner_id(), **({} if one is not None or keys == [None] else range_tags(keys))})
             if received:
                 raise KeyboardInterrupt
             if not result.success:
-                raise StageFailed(f"{job}{_where(key)} failed (run {result.run_id}): {_failure_message(result)}")
+                raise StageFailed(f"{job}{_where(keys)} failed (run {result.run_id}): {_failure_message(result)}")
             run_ids.append(result.run_id)
         return run_ids
 
-    def execute_launched(job: str, keys: list[str | None]) -> list[str]:
-        # every partition at once: the run queue and the gpu pool decide how many run together
-        run_ids = [runs.submit(job, config, {**tags, **partition_tags(key)}) for key in keys]
+    def execute_launched(job: str, runs_of: list[list[str | None]]) -> list[str]:
+        # every run of the stage at once: the run queue and the gpu pool decide how many run together
+        run_ids = [runs.submit(job, config, {**tags, **(range_tags(keys) if keys != [None] else {})})
+                   for keys in runs_of]
         current[:] = run_ids
-        ended = {run_id: runs.wait(run_id) for run_id in tqdm(run_ids, desc=job, unit="run", disable=len(keys) < 2)}
+        ended = {run_id: runs.wait(run_id) for run_id in tqdm(run_ids, desc=job, unit="run", disable=len(run_ids) < 2)}
         current.clear()
-        for key, run_id in zip(keys, run_ids, strict=True):
+        for keys, run_id in zip(runs_of, run_ids, strict=True):
             if ended[run_id].status != dg.DagsterRunStatus.SUCCESS:
-                raise StageFailed(f"{job}{_where(key)} failed (run {run_id}): {runs.failure(run_id)}")
+                raise StageFailed(f"{job}{_where(keys)} failed (run {run_id}): {runs.failure(run_id)}")
         return run_ids
 
     with stop_on_signals() as received, contextlib.ExitStack() as stack:
@@ -148,11 +152,13 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
     return summary
 
 
-def _where(partition_key: str | None) -> str:
-    return f" [{partition_key}]" if partition_key else ""
+def _where(keys: list[str | None]) -> str:
+    if keys == [None]:
+        return ""
+    return f" [{keys[0]}]" if len(keys) == 1 else f" [{keys[0]}...{keys[-1]}, {len(keys)} partitions]"
 
 
-def _run_stages(execute: Callable[[str, list[str | None]], list[str]], say: Callable[[str], None], settings: Settings,
+def _run_stages(execute: Callable[[str, list[list[str | None]]], list[str]], say: Callable[[str], None], settings: Settings,
                 summary: PipelineSummary, instance: dg.DagsterInstance, storage: StorageResource,
                 deps: Mapping[dg.AssetKey, set[dg.AssetKey]], skipped_keys: set[dg.AssetKey]) -> None:
     from aras_assets.graph import STAGE_JOBS
@@ -166,8 +172,12 @@ def _run_stages(execute: Callable[[str, list[str | None]], list[str]], say: Call
             say(f"{job}: skipped ({summary.skipped[job]})")
             continue
         say(f"{', '.join(k.to_user_string() for k in stage.keys)} ...")
-        for key, run_id in zip(keys, execute(job, keys), strict=True):
-            summary.run_ids[job if key is None else f"{job}[{key}]"] = run_id
+        runs_of = [[key] for key in keys]
+        if stage.per_run > 1 and stage.dimension in (S2_TILE_PARTITIONS, GEN_SHARD_PARTITIONS):
+            runs_of = partition_ranges(instance.get_dynamic_partitions(stage.dimension), keys, stage.per_run)
+        for run_keys, run_id in zip(runs_of, execute(job, runs_of), strict=True):
+            for key in run_keys:
+                summary.run_ids[job if key is None else f"{job}[{key}]"] = run_id
         if dg.AssetKey("tile_catalog") in stage.keys:
             summary.tiles = _catalogued_tiles(instance, storage)
 

@@ -22,6 +22,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 
@@ -161,6 +162,11 @@ def _backends_problem(backends: dict[str, str]) -> str | None:
     return f"has {', '.join(wrong)}, not a backend" if wrong else None
 
 
+def _endpoints_problem(endpoints: dict[str, str]) -> str | None:
+    wrong = [f"{k}={v}" for k, v in endpoints.items() if urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname]
+    return f"has {', '.join(wrong)}, not an http(s) URL" if wrong else None
+
+
 def _power_of_two_problem(n: int) -> str | None:
     return None if n & (n - 1) == 0 else "is not a power of two"
 
@@ -245,6 +251,11 @@ class Settings:
                                            metadata=limits(nonempty=True))
     caption_backends: dict[str, str] = field(default_factory=dict, metadata=limits(
         check=_backends_problem, says=" with values offline, openai or vllm"))
+    # caption_endpoints: the OpenAI-compatible server (base URL) of a model name whose backend is
+    # openai, one server per model as vLLM serves them; a model left out uses the captioner
+    # resource's endpoint.
+    caption_endpoints: dict[str, str] = field(default_factory=dict, metadata=limits(
+        check=_endpoints_problem, says=" of model name to http(s)://HOST:PORT/v1"))
     caption_modes: tuple[str, ...] = rule(CAPTION_MODES, choices=CAPTION_MODES, nonempty=True)
     captions_per_image: int = rule(1, ge=1)
     caption_seed: int = rule(0, ge=0)
@@ -558,6 +569,10 @@ def _validate(s: Settings, shown: Mapping[str, str] | None = None) -> None:
         problem = r.problem(value)
         if problem:
             raise SettingsError(f"setting {name}: {(shown or {}).get(name, repr(value))} {problem} ({allowed(name)})")
+    unknown = sorted(set(s.caption_endpoints) - set(s.caption_models))
+    if unknown:
+        raise SettingsError(f"setting caption_endpoints: {', '.join(map(repr, unknown))} not in caption_models "
+                            f"({', '.join(s.caption_models)})")
     unknown = [p for p in s.caption_plan if p.split(":", 1)[1] not in s.caption_models]
     if unknown:
         raise SettingsError(f"setting caption_plan: {', '.join(map(repr, unknown))} names a model not in caption_models "

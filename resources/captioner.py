@@ -378,15 +378,17 @@ class CaptionerResource(dg.ConfigurableResource):
     max_num_seqs: int = 64
     gpu_memory_utilization: float = 0.9
 
-    def client(self, backend: str | None = None, model: str | None = None) -> OpenAICompatibleClient | VllmEngine | None:
-        """A client for `backend` and `model` (default: this resource's); the caption plan asks
-        one per (method, model) pair."""
+    def client(self, backend: str | None = None, model: str | None = None,
+               endpoint: str | None = None) -> OpenAICompatibleClient | VllmEngine | None:
+        """A client for `backend`, `model` and (openai) `endpoint`, each defaulting to this
+        resource's; the caption plan asks one per (method, model) pair."""
         backend = backend or self.backend
         model = model or self.model
+        endpoint = endpoint or self.endpoint
         if backend == "offline":
             return None
         if backend == "openai":
-            missing = [name for name, value in (("endpoint", self.endpoint), ("model", model)) if not value]
+            missing = [name for name, value in (("endpoint", endpoint), ("model", model)) if not value]
             if missing:
                 raise CaptionerConfigError(
                     f"captioner backend 'openai' needs {' and '.join(missing)} "
@@ -394,7 +396,7 @@ class CaptionerResource(dg.ConfigurableResource):
                 )
             api_key = os.environ.get(API_KEY_ENV, "")
             return OpenAICompatibleClient(
-                self.endpoint,
+                endpoint,
                 model,
                 api_key=api_key,
                 timeout_s=self.timeout_s,

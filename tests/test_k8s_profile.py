@@ -16,11 +16,13 @@ import pytest
 import yaml
 
 from aras_assets import deploy
+from aras_assets.settings import SettingsResource
 from resources.captioner import CaptionerResource
 
 K8S = deploy.DEPLOY_DIR / "k8s"
 # The oldest Kubernetes minor still in common support that every field here exists in.
 K8S_VERSION = "1.30"
+HELM_VALUES = K8S / "helm-values.yaml"
 
 
 def load_docs(path: Path) -> list[dict[str, Any]]:
@@ -69,7 +71,8 @@ def launcher_config() -> dict[str, Any]:
 
 def test_every_manifest_validates_offline() -> None:
     listed = set(kustomization()["resources"])
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "dagster.yaml", "workspace.yaml"}
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "dagster.yaml", "workspace.yaml",
+                                                            HELM_VALUES.name}
     assert listed == on_disk, "a manifest in deploy/k8s that kustomization.yaml does not apply (or the reverse)"
     docs = resources()
     assert {d["kind"] for d in docs} >= {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service",
@@ -111,10 +114,69 @@ def test_the_wiring_between_manifests_holds() -> None:
 
 def test_instance_configs_share_what_is_not_about_scale() -> None:
     configs = {name: yaml.safe_load(path.read_text()) for name, path in deploy.INSTANCE_CONFIGS.items()}
-    for section in ("run_retries", "run_monitoring", "telemetry"):
+    for section in ("run_retries", "run_monitoring", "telemetry", "run_coordinator"):
         assert configs["postgres"][section] == configs["k8s"][section] == configs["local"][section], section
     for name in ("postgres", "k8s"):
         assert configs[name]["storage"] == {"postgres": {"postgres_url": {"env": deploy.DAGSTER_PG_URL_ENV}}}
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def validated(doc: dict[str, Any]) -> None:
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
+
+
+def test_helm_values_are_the_manifests_deployment() -> None:
+    """The official chart's values give the instance, the run launcher and the code server that
+    deploy/k8s/dagster.yaml and user-code.yaml give, and what they hand to Kubernetes validates."""
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    instance = yaml.safe_load((K8S / "dagster.yaml").read_text())
+    # the instance: storage on the external Postgres, the queue, the limits, retries and monitoring
+    assert values["postgresql"]["enabled"] is False and values["generatePostgresqlPasswordSecret"] is False
+    daemon = values["dagsterDaemon"]
+    assert daemon["runCoordinator"]["type"] == instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert daemon["runCoordinator"]["config"]["queuedRunCoordinator"] == {
+        _camel(k): v for k, v in instance["run_coordinator"]["config"].items()}
+    for section in ("run_retries", "run_monitoring"):
+        assert daemon[_camel(section)] == {_camel(k): v for k, v in instance[section].items()}, section
+    runs, pools = instance["concurrency"]["runs"], instance["concurrency"]["pools"]
+    assert values["concurrency"] == {"enabled": True, "pools": {"defaultLimit": pools["default_limit"]}, "runs": {
+        "maxConcurrentRuns": runs["max_concurrent_runs"], "tagConcurrencyLimits": runs["tag_concurrency_limits"]}}
+    assert values["telemetry"] == instance["telemetry"]
+    # the run launcher: the same settings, secrets and data volume as deploy/k8s/dagster.yaml's
+    launcher, ours = values["runLauncher"]["config"]["k8sRunLauncher"], launcher_config()
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert [m["name"] for m in launcher["envConfigMaps"]] == ours["env_config_maps"]
+    assert [s["name"] for s in launcher["envSecrets"]] == ours["env_secrets"]
+    assert launcher["volumeMounts"] == ours["volume_mounts"] and launcher["volumes"] == ours["volumes"]
+    # the code server: user-code.yaml's image, module, port, resources, settings and data volume
+    (code,) = values["dagster-user-deployments"]["deployments"]
+    box = container("aras-user-code")
+    assert f"{code['image']['repository']}:{code['image']['tag']}" == box["image"]
+    assert box["command"][-2:] == code["dagsterApiGrpcArgs"]
+    assert code["port"] == int(box["command"][box["command"].index("-p") + 1])
+    assert code["resources"] == box["resources"] and code["includeConfigInLaunchedRuns"] == {"enabled": True}
+    env_from = [{"configMapRef": m} for m in code["envConfigMaps"]] + [{"secretRef": s} for s in code["envSecrets"]]
+    assert env_from == box["envFrom"]
+    data_mounts = [m for m in box["volumeMounts"] if m["name"] == "data"]
+    assert code["volumeMounts"] == data_mounts  # the chart mounts the instance itself
+    # what the chart puts in pods validates: the code server's and a run's
+    for name, spec in (("aras-user-code", code), ("aras-run", launcher)):
+        validated({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "aras"}, "spec": {
+            "containers": [{"name": "dagster", "image": box["image"], "resources": spec.get("resources", {}),
+                            "envFrom": [{"configMapRef": m} for m in spec["envConfigMaps"]]
+                            + [{"secretRef": s} for s in spec["envSecrets"]],
+                            "volumeMounts": spec["volumeMounts"]}],
+            "volumes": spec["volumes"]}})
+    # its claim and ConfigMap are the manifests' own
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in launcher["volumes"]}
+    assert all(find("PersistentVolumeClaim", c) for c in claims) and find("ConfigMap", "aras-env")
 
 
 def test_the_run_launcher_config_is_dagster_k8s_own(tmp_path: Path) -> None:
@@ -187,35 +249,50 @@ def test_gpu_step_pod_built_by_dagster_k8s() -> None:
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["serviceAccountName"] == "aras"
 
 
-def test_captions_go_to_the_vllm_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aras.env points the captioner's openai backend at the vLLM Service, and sends it the
-    caption-plan model that the server serves."""
+def test_every_caption_model_goes_to_its_own_vllm_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aras.env sends each of the caption plan's three models to the openai backend at its own
+    vLLM Service, whose Deployment serves that model's caption_models entry on one GPU; the
+    caption stage's clients (built as the stage builds them, resources from the k8s deployment)
+    talk to those servers."""
     from urllib.parse import urlsplit
 
+    from aras_assets.captions.assets import caption_job
     from aras_assets.settings import load_settings
 
     env = env_file("aras.env")
-    endpoint = urlsplit(env[deploy.CAPTIONER_ENDPOINT_ENV])
-    service = find("Service", endpoint.hostname)
-    assert service["spec"]["selector"] == {"app": "aras-vllm"} and service["spec"]["ports"][0]["port"] == endpoint.port
-    vllm = container("aras-vllm")
-    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    served = vllm["args"][0]
-    monkeypatch.setenv("ARAS_CAPTION_BACKENDS", env["ARAS_CAPTION_BACKENDS"])
-    settings = load_settings("demo")
-    routed = [m for m, backend in settings.caption_backends.items() if backend == "openai"]
-    assert routed and all(settings.caption_models[m] == served for m in routed)
-    assert any(pair.endswith(f":{m}") for pair in settings.caption_plan for m in routed)
-    # the k8s resources read the endpoint from the environment when a run starts
-    monkeypatch.setenv(deploy.CAPTIONER_ENDPOINT_ENV, env[deploy.CAPTIONER_ENDPOINT_ENV])
-    captioner = deploy.resources("k8s")["captioner"]
+    for name in ("ARAS_CAPTION_BACKENDS", "ARAS_CAPTION_ENDPOINTS", deploy.CAPTIONER_ENDPOINT_ENV):
+        monkeypatch.setenv(name, env[name])
+    settings = load_settings("paper")
+    planned = {pair.split(":", 1)[1] for pair in settings.caption_plan}
+    assert planned == set(settings.caption_models) and len(planned) == 3
+    assert settings.caption_backends == dict.fromkeys(planned, "openai")
+    for model in planned:
+        endpoint = urlsplit(settings.caption_endpoints[model])
+        service = find("Service", endpoint.hostname)
+        assert service["spec"]["ports"][0]["port"] == endpoint.port, model
+        server = next(d for d in resources() if d["kind"] == "Deployment"
+                      and d["spec"]["template"]["metadata"]["labels"] == service["spec"]["selector"])
+        vllm = server["spec"]["template"]["spec"]["containers"][0]
+        assert vllm["command"] == ["vllm", "serve"] and vllm["args"][0] == settings.caption_models[model], model
+        assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1", model
+        # a text-only model refuses vLLM's image limit; the vision models take one image per prompt
+        assert any(a.startswith("--limit-mm-per-prompt") for a in vllm["args"]) == (model != "Qwen3-4B"), model
+    served_by_manifests = {container(d["metadata"]["name"])["args"][0] for d in resources()
+                           if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("aras-vllm-")}
+    assert served_by_manifests == set(settings.caption_models.values())
 
     @dg.asset
-    def endpoint_seen(captioner: CaptionerResource) -> str:
-        return captioner.client("openai", served).base_url
+    def clients_seen(settings: SettingsResource, captioner: CaptionerResource) -> dict[str, tuple[str, str]]:
+        job = caption_job(settings, captioner)
+        return {pair.name: (job.client_for(pair).base_url, job.client_for(pair).model) for pair in job.pairs}
 
-    result = dg.materialize([endpoint_seen], resources={"captioner": captioner})
-    assert result.output_for_node("endpoint_seen").rstrip("/") == env[deploy.CAPTIONER_ENDPOINT_ENV].rstrip("/")
+    result = dg.materialize([clients_seen], resources={"captioner": deploy.resources("k8s")["captioner"],
+                                                       "settings": SettingsResource(profile="paper")})
+    seen = result.output_for_node("clients_seen")
+    assert len(seen) == len(settings.caption_plan)
+    for pair, (url, served) in seen.items():
+        model = pair.split(":", 1)[1]
+        assert url.rstrip("/") == settings.caption_endpoints[model].rstrip("/") and served == settings.caption_models[model]
 
 
 def test_k8s_definitions_run_each_step_in_its_own_pod() -> None:
@@ -223,6 +300,7 @@ def test_k8s_definitions_run_each_step_in_its_own_pod() -> None:
 
     from aras_assets.graph import ASSETS, JOBS
 
-    assert deploy.executor("k8s") is k8s_job_executor and deploy.executor("local") is None
+    assert deploy.executor("k8s") is k8s_job_executor and deploy.executor("postgres") is None
+    assert deploy.executor("local") is dg.in_process_executor
     defs = dg.Definitions(assets=ASSETS, jobs=JOBS, executor=deploy.executor("k8s"), resources=deploy.resources("k8s"))
     assert defs.resolve_job_def(JOBS[0].name).executor_def.name == k8s_job_executor.name

@@ -27,6 +27,7 @@ from aras_assets.landcover import CLASS_NAMES
 from aras_assets.layout import COND, REAL, UNCOND
 from aras_assets.partitions import gen_shard_partitions, s2_tile_partitions
 from aras_assets.previews import markdown_table
+from aras_assets.ranged import BACKFILL_POLICY, PartitionResult, over_partitions
 from aras_assets.segmentation.data import read_mask
 from aras_assets.settings import Settings, SettingsResource
 from aras_assets.sources.records import read_tile_manifest
@@ -73,31 +74,34 @@ def synthetic_column(origin: str, column: str) -> ImagesFor:
 def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.PartitionsDefinition,
                        deps: list) -> dg.AssetsDefinition:
     @dg.asset(name=f"{origin}_compositions", group_name="captions", code_version="1", kinds={"parquet"},
-              partitions_def=partitions_def, deps=deps,
+              partitions_def=partitions_def, deps=deps, backfill_policy=BACKFILL_POLICY,
               description=f"Class percentages and spatial layout (where each class lies, fragmentation, borders, "
                           f"river or lake) of every {origin} image of a partition, from its mask.")
     def _compositions(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-        partition = context.partition_key
-        with step_errors(context):
-            masks = masks_for(storage, partition)
-            rows = []
-            for image_id, mask_path in masks.select("image_id", "mask_path").iter_rows():
-                comp = compute_composition(read_mask(storage.inside(mask_path, f"{origin} {partition} image {image_id}")))
-                rows.append({"image_id": image_id, "origin": origin, "mask_path": mask_path,
-                             **dict(zip(SHARE_COLUMNS, comp.percents, strict=True)), "layout_json": comp.to_json(),
-                             "dominant": comp.dominant.name})
-            frame = pl.DataFrame(rows, schema={"image_id": pl.String, "origin": pl.String, "mask_path": pl.String,
-                                               **{c: pl.Float64 for c in SHARE_COLUMNS}, "layout_json": pl.String,
-                                               "dominant": pl.String})
-            out = storage.path(layout.compositions_file(origin, partition))
-            storage.writable_dir(out.parent)
-            storage.write_parquet(frame, out)
-        return dg.MaterializeResult(metadata={
-            "images": frame.height, "path": dg.MetadataValue.path(str(out)),
-            "dominant_classes": dg.MetadataValue.json(dict(frame["dominant"].value_counts().iter_rows())),
-            "mean_percent": dg.MetadataValue.json({n: round(float(frame[c].mean() or 0), 2)
-                                                   for n, c in zip(CLASS_NAMES, SHARE_COLUMNS, strict=True)}),
-        })
+        def one(partition: str) -> PartitionResult:
+            with step_errors(context):
+                masks = masks_for(storage, partition)
+                rows = []
+                for image_id, mask_path in masks.select("image_id", "mask_path").iter_rows():
+                    mask = read_mask(storage.inside(mask_path, f"{origin} {partition} image {image_id}"))
+                    comp = compute_composition(mask)
+                    rows.append({"image_id": image_id, "origin": origin, "mask_path": mask_path,
+                                 **dict(zip(SHARE_COLUMNS, comp.percents, strict=True)), "layout_json": comp.to_json(),
+                                 "dominant": comp.dominant.name})
+                frame = pl.DataFrame(rows, schema={"image_id": pl.String, "origin": pl.String, "mask_path": pl.String,
+                                                   **{c: pl.Float64 for c in SHARE_COLUMNS}, "layout_json": pl.String,
+                                                   "dominant": pl.String})
+                out = storage.path(layout.compositions_file(origin, partition))
+                storage.writable_dir(out.parent)
+                storage.write_parquet(frame, out)
+            return PartitionResult({
+                "images": frame.height, "path": dg.MetadataValue.path(str(out)),
+                "dominant_classes": dg.MetadataValue.json(dict(frame["dominant"].value_counts().iter_rows())),
+                "mean_percent": dg.MetadataValue.json({n: round(float(frame[c].mean() or 0), 2)
+                                                       for n, c in zip(CLASS_NAMES, SHARE_COLUMNS, strict=True)}),
+            })
+
+        return over_partitions(context, one)
 
     return _compositions
 
@@ -105,8 +109,8 @@ def compositions_asset(origin: str, masks_for: MasksFor, partitions_def: dg.Part
 def caption_plan(s: Settings, captioner: CaptionerResource) -> tuple[CaptionPair, ...]:
     """The pairs of the settings' caption plan whose methods caption_modes keeps, each with its
     backend (the pair's model's in caption_backends, else the captioner resource's), what that
-    backend is asked for (the resource's `model` when set, else the model's caption_models entry)
-    and its sampling (per pair, else per method)."""
+    backend is asked for (the resource's `model` when set, else the model's caption_models entry),
+    its sampling (per pair, else per method) and its server (caption_endpoints, else the resource's)."""
     pairs = []
     for name in s.caption_plan:
         mode, model = name.split(":", 1)
@@ -117,55 +121,59 @@ def caption_plan(s: Settings, captioner: CaptionerResource) -> tuple[CaptionPair
         sampling = SamplingConfig(n=s.captions_per_image, seed=s.caption_seed, max_tokens=s.caption_max_tokens,
                                   temperature=s.caption_temperature.get(name, s.caption_temperature.get(mode)),
                                   top_p=s.caption_top_p.get(name, s.caption_top_p.get(mode)))
-        pairs.append(CaptionPair(mode, model, backend, served, sampling))
+        pairs.append(CaptionPair(mode, model, backend, served, sampling, s.caption_endpoints.get(model, "")))
     return tuple(pairs)
 
 
 def caption_job(settings: SettingsResource, captioner: CaptionerResource) -> CaptionJob:
     s = settings.get()
     return CaptionJob(caption_plan(s, captioner), prompt_templates(s.caption_prompts, s.caption_percent_format),
-                      lambda pair: captioner.client(pair.backend, pair.served_model))
+                      lambda pair: captioner.client(pair.backend, pair.served_model, pair.endpoint or None))
 
 
 def captions_asset(origin: str, images_for: ImagesFor, compositions: dg.AssetsDefinition,
                    partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(name=f"{origin}_captions", group_name="captions", code_version="1", kinds={"parquet"},
-              partitions_def=partitions_def, deps=[compositions],
+              partitions_def=partitions_def, deps=[compositions], backfill_policy=BACKFILL_POLICY,
               description=f"Captions of every {origin} image, one per (method, model) pair of the caption plan (the "
                           "paper's five by default), from the configured captioner (offline by default). Resumable: a "
                           "re-run captions only what is not yet done for the same pair and configuration.")
     def _captions(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                   captioner: CaptionerResource) -> dg.MaterializeResult:
-        partition = context.partition_key
         s = settings.get()
         with step_errors(context, s.retry_window_s):
-            comp_path = storage.path(layout.compositions_file(origin, partition))
-            if not comp_path.exists():
-                raise CaptionError(f"no compositions for {origin} {partition}: materialize "
-                                   f"{origin}_compositions[{partition}] first")
-            listed = images_for(storage, partition)
-            paths = [str(storage.inside(p, f"{origin} {partition} image {i}"))  # no row may point outside the root
-                     for i, p in listed.select("image_id", "image_path").iter_rows()]
-            images = listed.select("image_id").with_columns(pl.Series("image_path", paths, dtype=pl.String)) \
-                .join(read_parquet_checked(comp_path).drop("origin", "mask_path"), on="image_id", how="left")
             job = caption_job(settings, captioner)
-            folder = storage.writable_dir(layout.captions_dir(origin, partition))
 
-            def progress(done: int, total: int) -> None:
-                context.log.info(f"{origin} {partition}: {done}/{total} images captioned")
+        def one(partition: str) -> PartitionResult:
+            with step_errors(context, s.retry_window_s):
+                comp_path = storage.path(layout.compositions_file(origin, partition))
+                if not comp_path.exists():
+                    raise CaptionError(f"no compositions for {origin} {partition}: materialize "
+                                       f"{origin}_compositions[{partition}] first")
+                listed = images_for(storage, partition)
+                paths = [str(storage.inside(p, f"{origin} {partition} image {i}"))  # no row may point outside the root
+                         for i, p in listed.select("image_id", "image_path").iter_rows()]
+                images = listed.select("image_id").with_columns(pl.Series("image_path", paths, dtype=pl.String)) \
+                    .join(read_parquet_checked(comp_path).drop("origin", "mask_path"), on="image_id", how="left")
+                folder = storage.writable_dir(layout.captions_dir(origin, partition))
 
-            captions, new = caption_partition(images, origin, job, folder, s.caption_batch_size, progress)
-        context.log.info(f"{origin} {partition}: {captions.height} captions, {new} images captioned now, "
-                         f"{images.height - new} were done before")
-        sample = captions.group_by("mode", "model", maintain_order=True).head(1).select(
-            "image_id", "mode", "model", "text").to_dicts()
-        return dg.MaterializeResult(metadata={
-            "captions": captions.height, "images": images.height, "captioned_now": new,
-            "pairs": ", ".join(f"{p.name} ({p.backend} {p.served_model})" for p in job.pairs),
-            "unique_captions": captions["text"].n_unique(),
-            "path": dg.MetadataValue.path(str(folder / layout.CAPTIONS)),
-            "examples": dg.MetadataValue.md(markdown_table(sample)),
-        })
+                def progress(done: int, total: int) -> None:
+                    context.log.info(f"{origin} {partition}: {done}/{total} images captioned")
+
+                captions, new = caption_partition(images, origin, job, folder, s.caption_batch_size, progress)
+            context.log.info(f"{origin} {partition}: {captions.height} captions, {new} images captioned now, "
+                             f"{images.height - new} were done before")
+            sample = captions.group_by("mode", "model", maintain_order=True).head(1).select(
+                "image_id", "mode", "model", "text").to_dicts()
+            return PartitionResult({
+                "captions": captions.height, "images": images.height, "captioned_now": new,
+                "pairs": ", ".join(f"{p.name} ({p.backend} {p.served_model})" for p in job.pairs),
+                "unique_captions": captions["text"].n_unique(),
+                "path": dg.MetadataValue.path(str(folder / layout.CAPTIONS)),
+                "examples": dg.MetadataValue.md(markdown_table(sample)),
+            })
+
+        return over_partitions(context, one)
 
     return _captions
 

@@ -49,6 +49,7 @@ class CaptionPair:
     backend: str  # "offline", "openai" or "vllm"
     served_model: str
     sampling: SamplingConfig
+    endpoint: str = ""  # the openai backend's server for this model; blank: the captioner resource's
 
     @property
     def name(self) -> str:

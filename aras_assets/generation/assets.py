@@ -67,6 +67,7 @@ from aras_assets.mlflow_runs import (
 )
 from aras_assets.partitions import gen_shard_partitions, register_gen_shards, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table, picture_rows
+from aras_assets.ranged import BACKFILL_POLICY, PartitionResult, over_partitions
 from aras_assets.segmentation.data import split_records
 from aras_assets.segmentation.labeler_asset import labeler_asset
 from aras_assets.settings import Settings, SettingsResource
@@ -325,33 +326,39 @@ def generation_metadata(manifest: pl.DataFrame, new: int, ref: ModelVersionRef, 
 
 
 @dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "parquet", "png"},
-          partitions_def=gen_shard_partitions, pool=GPU_POOL, op_tags=GPU_OP_TAGS, deps=[uncond_gan])
+          partitions_def=gen_shard_partitions, pool=GPU_POOL, op_tags=GPU_OP_TAGS, deps=[uncond_gan],
+          backfill_policy=BACKFILL_POLICY)
 def uncond_images(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                   device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-    """gen_shard_size images of one shard from the registered unconditional generator, each from
-    a seed derived from the shard and its index; the manifest row records seed, truncation psi,
-    model version, device, precision and content hash (`aras regenerate <image_id>` rebuilds it).
-    Resumable: a re-run writes only the images a crash left undone."""
-    shard = context.partition_key
+    """gen_shard_size images of each shard of the run from the registered unconditional
+    generator, each from a seed derived from the shard and its index; the manifest row records
+    seed, truncation psi, model version, device, precision and content hash (`aras regenerate
+    <image_id>` rebuilds it). Resumable: a re-run writes only the images a crash left undone."""
     s = settings.get()
     runtime = device.runtime(inference=True)
-    with step_errors(context, s.retry_window_s):
+    with step_errors(context, s.retry_window_s):  # the generator once for every shard of the run
         G, ref = registered_generator(storage, mlflow, s, UNCOND)
         G = runtime.prepare(G)
-        plan = uncond_plan(shard, s.gen_shard_size, s.gen_seed, s.gen_truncation_psi, generator_run(ref, runtime, s, context))
-        partition = Partition(storage.root_path, layout.synthetic_dir(UNCOND, shard).as_posix())
 
-        def render(rows: pl.DataFrame) -> np.ndarray:
-            return generate_uncond(G, rows["seed"].to_list(), float(rows["truncation_psi"][0]), runtime)
+    def render(rows: pl.DataFrame) -> np.ndarray:
+        return generate_uncond(G, rows["seed"].to_list(), float(rows["truncation_psi"][0]), runtime)
 
-        def progress(done: int, total: int) -> None:
-            context.log.info(f"uncond_images[{shard}]: {done}/{total} images")
+    def one(shard: str) -> PartitionResult:
+        with step_errors(context, s.retry_window_s):
+            plan = uncond_plan(shard, s.gen_shard_size, s.gen_seed, s.gen_truncation_psi,
+                               generator_run(ref, runtime, s, context))
+            partition = Partition(storage.root_path, layout.synthetic_dir(UNCOND, shard).as_posix())
 
-        manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
-    grid = picture_rows([[resized_image(storage.inside(p, "row"), s.gan_resolution)
-                          for p in manifest["image_path"][:GRID_SAMPLES]]], labels=manifest["image_id"][:GRID_SAMPLES].to_list())
-    return dg.MaterializeResult(metadata=generation_metadata(manifest, new, ref, partition, grid,
-                                                             f"shard {shard} samples"))
+            def progress(done: int, total: int) -> None:
+                context.log.info(f"uncond_images[{shard}]: {done}/{total} images")
+
+            manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
+        grid = picture_rows([[resized_image(storage.inside(p, "row"), s.gan_resolution)
+                              for p in manifest["image_path"][:GRID_SAMPLES]]],
+                            labels=manifest["image_id"][:GRID_SAMPLES].to_list())
+        return PartitionResult(generation_metadata(manifest, new, ref, partition, grid, f"shard {shard} samples"))
+
+    return over_partitions(context, one)
 
 
 def uncond_label_images(storage: StorageResource, shard: str) -> pl.DataFrame:
@@ -370,39 +377,45 @@ uncond_labels = labeler_asset(
 
 
 @dg.asset(group_name="generation", code_version="1", kinds={"pytorch", "parquet", "png"},
-          partitions_def=s2_tile_partitions, pool=GPU_POOL, op_tags=GPU_OP_TAGS, deps=[cond_gan, "splits", "real_patches"])
+          partitions_def=s2_tile_partitions, pool=GPU_POOL, op_tags=GPU_OP_TAGS, deps=[cond_gan, "splits", "real_patches"],
+          backfill_policy=BACKFILL_POLICY)
 def cond_images(context: dg.AssetExecutionContext, settings: SettingsResource, storage: StorageResource,
                 device: TorchDeviceResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-    """cond_images_per_mask images for every training patch of the tile, conditioned on its
-    mask; the manifest names the conditioning patch and the label is that mask at the
+    """cond_images_per_mask images for every training patch of each tile of the run, conditioned
+    on its mask; the manifest names the conditioning patch and the label is that mask at the
     generator's resolution. Resumable like uncond_images."""
-    tile = context.partition_key
     s = settings.get()
     runtime = device.runtime(inference=True)
-    with step_errors(context, s.retry_window_s):
+    with step_errors(context, s.retry_window_s):  # the generator once for every tile of the run
         G, ref = registered_generator(storage, mlflow, s, COND)
         G = runtime.prepare(G)
-        tile_patches = tile_training_patches(storage, tile)
-        plan = cond_plan(tile, tile_patches, s.cond_images_per_mask, s.gen_seed, generator_run(ref, runtime, s, context))
-        partition = Partition(storage.root_path, layout.synthetic_dir(COND, tile).as_posix())
 
-        def render(rows: pl.DataFrame) -> np.ndarray:
-            masks = np.stack([resized_mask(storage.inside(p, "row"), s.gan_resolution) for p in rows["source_mask_path"]])
-            for path, mask in zip(rows["mask_path"], masks, strict=True):  # the label, before the image
-                storage.write_bytes(storage.inside(path, "row"), png_bytes(mask_to_rgb(mask)))
-            return generate_cond(G, masks, rows["seed"].to_list(), runtime)
+    def render(rows: pl.DataFrame) -> np.ndarray:
+        masks = np.stack([resized_mask(storage.inside(p, "row"), s.gan_resolution) for p in rows["source_mask_path"]])
+        for path, mask in zip(rows["mask_path"], masks, strict=True):  # the label, before the image
+            storage.write_bytes(storage.inside(path, "row"), png_bytes(mask_to_rgb(mask)))
+        return generate_cond(G, masks, rows["seed"].to_list(), runtime)
 
-        def progress(done: int, total: int) -> None:
-            context.log.info(f"cond_images[{tile}]: {done}/{total} images")
+    def one(tile: str) -> PartitionResult:
+        with step_errors(context, s.retry_window_s):
+            tile_patches = tile_training_patches(storage, tile)
+            plan = cond_plan(tile, tile_patches, s.cond_images_per_mask, s.gen_seed,
+                             generator_run(ref, runtime, s, context))
+            partition = Partition(storage.root_path, layout.synthetic_dir(COND, tile).as_posix())
 
-        manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
-    picks = manifest.head(GRID_SAMPLES)
-    grid = picture_rows([[resized_image(storage.inside(p, "row"), s.gan_resolution) for p in picks["mask_path"]],
-                         [resized_image(storage.inside(p, "row"), s.gan_resolution) for p in picks["image_path"]]],
-                        labels=picks["image_id"].to_list(), legend=True) if picks.height else b""
-    metadata = generation_metadata(manifest, new, ref, partition, grid, "mask above its synthetic image") \
-        if picks.height else {"images": 0, "model_version": str(ref), "note": f"tile {tile} has no training patches"}
-    return dg.MaterializeResult(metadata=metadata)
+            def progress(done: int, total: int) -> None:
+                context.log.info(f"cond_images[{tile}]: {done}/{total} images")
+
+            manifest, new = generate_partition(plan, render, partition, s.gen_batch_size, progress)
+        picks = manifest.head(GRID_SAMPLES)
+        if not picks.height:
+            return PartitionResult({"images": 0, "model_version": str(ref), "note": f"tile {tile} has no training patches"})
+        grid = picture_rows([[resized_image(storage.inside(p, "row"), s.gan_resolution) for p in picks["mask_path"]],
+                             [resized_image(storage.inside(p, "row"), s.gan_resolution) for p in picks["image_path"]]],
+                            labels=picks["image_id"].to_list(), legend=True)
+        return PartitionResult(generation_metadata(manifest, new, ref, partition, grid, "mask above its synthetic image"))
+
+    return over_partitions(context, one)
 
 
 FID_NOTE = ("Encoder-space FID is not on the Inception scale of the paper's 16 / 72 (set fid_inception_weights for "

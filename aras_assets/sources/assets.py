@@ -1,5 +1,6 @@
 """Source assets: tile_catalog -> real_patches (per s2_tile) -> splits. Thin wiring only."""
 
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -12,6 +13,7 @@ from aras_assets.landcover import CLASS_NAMES, label_lut
 from aras_assets.maps import catalog_map, splits_map
 from aras_assets.partitions import S2_TILE_PARTITIONS, s2_tile_partitions
 from aras_assets.previews import markdown_image, markdown_table, pair_grid
+from aras_assets.ranged import BACKFILL_POLICY, PartitionResult, over_partitions
 from aras_assets.settings import SettingsResource
 from aras_assets.sources.catalog import catalog_report
 from aras_assets.sources.checks import check_patches, check_splits
@@ -96,45 +98,50 @@ SPLIT_CHECKS = {
 
 @dg.asset(
     group_name="patches", code_version="1", kinds={"parquet", "png"},
-    partitions_def=s2_tile_partitions, deps=[tile_catalog],
+    partitions_def=s2_tile_partitions, deps=[tile_catalog], backfill_policy=BACKFILL_POLICY,
     check_specs=[dg.AssetCheckSpec(name, asset="real_patches", description=d, partitions_def=s2_tile_partitions)
                  for name, d in PATCH_CHECKS.items()],  # per tile: one bad tile does not mark the others
 )
 def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
                  storage: StorageResource) -> dg.MaterializeResult:
-    """256x256 image and mask PNGs of one S2 tile with a Parquet manifest of their lineage;
-    patches with empty imagery, nodata labels or over the water limit are left out."""
-    tile = context.partition_key
+    """256x256 image and mask PNGs of each S2 tile of the run with a Parquet manifest of their
+    lineage; patches with empty imagery, nodata labels or over the water limit are left out."""
     s = settings.get()
-    with step_errors(context, s.retry_window_s):
-        entry = catalog_entry(storage, tile)
-    source = TileSource(entry["s2_tile"], entry["s2_uri"], entry["wc_tile"], entry["wc_uri"])
     opts = PatchOptions(label_lut(s.remap), s.normalization, s.stretch_max, s.water_max_share, s.effective_workers(),
                         s.png_compress_level, tuple(sorted(s.remote_options.items())))
-    last_logged = [0]
 
-    def progress(done: int, total: int) -> None:
-        if done == total or done - last_logged[0] >= max(total // 4, 1):
-            last_logged[0] = done
-            context.log.info(f"{tile}: {done}/{total} patches cut")
+    def one(tile: str) -> PartitionResult:
+        with step_errors(context, s.retry_window_s):
+            entry = catalog_entry(storage, tile)
+        source = TileSource(entry["s2_tile"], entry["s2_uri"], entry["wc_tile"], entry["wc_uri"])
+        last_logged = [0]
 
-    with step_errors(context, s.retry_window_s):
-        final = storage.path(layout.patches_dir(tile))
-        storage.writable_dir(final.parent)
-        if s.tile_source == layout.RELEASE_SOURCE:  # the imported release's files, lineage from their names
-            result = TileResult(materialize_release_tile(storage.root_path, entry), pl.DataFrame(schema=REJECTED_SCHEMA))
-        else:
-            result = materialize_tile(source, opts, final, layout.patches_dir(tile).as_posix(), progress)
+        def progress(done: int, total: int) -> None:
+            if done == total or done - last_logged[0] >= max(total // 4, 1):
+                last_logged[0] = done
+                context.log.info(f"{tile}: {done}/{total} patches cut")
+
+        with step_errors(context, s.retry_window_s):
+            final = storage.path(layout.patches_dir(tile))
+            storage.writable_dir(final.parent)
+            if s.tile_source == layout.RELEASE_SOURCE:  # the imported release's files, lineage from their names
+                result = TileResult(materialize_release_tile(storage.root_path, entry), pl.DataFrame(schema=REJECTED_SCHEMA))
+            else:
+                result = materialize_tile(source, opts, final, layout.patches_dir(tile).as_posix(), progress)
+        return PartitionResult(tile_metadata(storage, tile, result, final, s.normalization), {
+            name: (not found, {"problems": len(found), "first": "; ".join(found[:5])})
+            for name, found in check_patches(storage.root_path, result.manifest, s.water_max_share).items()})
+
+    return over_partitions(context, one)
+
+
+def tile_metadata(storage: StorageResource, tile: str, result: TileResult, final: Path, normalization: str) -> dict:
     manifest = result.manifest
-    problems = check_patches(storage.root_path, manifest, s.water_max_share)
-    checks = [dg.AssetCheckResult(check_name=name, passed=not problems[name],
-                                  metadata={"problems": len(problems[name]), "first": "; ".join(problems[name][:5])})
-              for name in PATCH_CHECKS]
     metadata: dict[str, object] = {
         "patches": manifest.height,
         **{f"rejected_{reason}": n for reason, n in result.reject_counts.items()},
         "manifest": dg.MetadataValue.path(str(final / layout.MANIFEST)),
-        "normalization": s.normalization,
+        "normalization": normalization,
     }
     total_px = max(sum(manifest[c].sum() for c in CLASS_COUNT_COLUMNS), 1)
     metadata["class_shares"] = dg.MetadataValue.json(
@@ -145,7 +152,7 @@ def real_patches(context: dg.AssetExecutionContext, settings: SettingsResource,
                  for r in sample.iter_rows(named=True)]
         grid = pair_grid(pairs, thumb=64, labels=sample["patch_id"].to_list())
         metadata["preview"] = dg.MetadataValue.md(markdown_image(grid, f"{tile} patches: image and mask"))
-    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+    return metadata
 
 
 @dg.asset(group_name="splits", code_version="1", kinds={"parquet"}, deps=[real_patches],
