@@ -182,13 +182,14 @@ def register_version(tracking_uri: str, run_id: str, model: torch.nn.Module, che
 
 def move_alias(client: Any, alias: str, to: ModelVersionRef, others: Iterable[str]) -> ModelVersionRef:
     """Put `alias` on `to` and take it off the registered models `others` (an alias is per
-    registered model, so one that names the best of several models must leave the rest)."""
+    registered model, so one that names the best of several models must leave the rest). Set
+    first, then taken off: a reader in between finds the alias twice, never nowhere."""
+    client.set_registered_model_alias(to.name, alias, to.version)
     for name in set(others) - {to.name}:
         try:
             client.delete_registered_model_alias(name, alias)
         except Exception:  # the alias was not set there
             pass
-    client.set_registered_model_alias(to.name, alias, to.version)
     return to
 
 

@@ -66,6 +66,8 @@ def over_partitions(context: dg.AssetExecutionContext, one: Callable[[str], Part
 def _scalar(value: Any) -> Any:
     """A plain int, float or str of a metadata value; None for anything richer (tables, images)."""
     if isinstance(value, dg.MetadataValue):
+        if not isinstance(value, (dg.IntMetadataValue, dg.FloatMetadataValue, dg.TextMetadataValue)):
+            return None
         value = value.value
     return value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
 
@@ -75,8 +77,7 @@ def combined_metadata(by_partition: Mapping[str, Mapping[str, Any]]) -> dict[str
     partition shares kept, the rest (previews) from the first partition, and every scalar in a
     table by partition."""
     first = next(iter(by_partition.values()))
-    rows = [{"partition": key, **{name: v for name, v in meta.items() if _scalar(v) is not None
-                                  and not isinstance(meta[name], dg.PathMetadataValue)}}
+    rows = [{"partition": key, **{name: v for name, v in meta.items() if _scalar(v) is not None}}
             for key, meta in by_partition.items()]
     out: dict[str, Any] = {}
     for name, value in first.items():

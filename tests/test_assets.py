@@ -3,7 +3,7 @@
 import dagster as dg
 import polars as pl
 
-from aras_assets.sources.assets import ASSETS, real_patches, splits, tile_catalog
+from aras_assets.sources.assets import ASSETS, PATCH_CHECKS, real_patches, splits, tile_catalog
 
 
 def materialize(selection, resources, instance, partition_key=None):
@@ -61,3 +61,48 @@ def test_rematerializing_a_partition_gives_identical_bytes(resources, instance, 
     after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert before == after and len(before) > 3
     assert [p.name for p in (data_root / "patches").iterdir()] == ["N38E028"]  # no staging left
+
+
+def test_one_run_over_a_range_of_tiles_keeps_checks_per_tile_and_finished_tiles(resources, instance, data_root,
+                                                                                sample_region, tmp_path):
+    """real_patches over three tiles in one run (as a backfill with its policy launches it): one
+    materialization and one evaluation of each check per tile. A tile that fails ends the run with
+    the tiles before it kept; re-running the range finishes it."""
+    import shutil
+
+    from conftest import make_resources
+
+    from aras_assets.ranged import BACKFILL_POLICY, range_tags
+
+    assert real_patches.backfill_policy == BACKFILL_POLICY and BACKFILL_POLICY.max_partitions_per_run > 1
+    region = tmp_path / "region"
+    shutil.copytree(sample_region, region)
+    resources = make_resources(data_root, region)
+    materialize([tile_catalog], resources, instance)
+    broken = region / "ESA_WorldCover_10m_2021_v200_N38E028_S2RGBNIR.tif"
+    broken.write_bytes(b"not a GeoTIFF")  # after the catalog read its footprint
+    tiles = ["N36E030", "N36E031", "N38E028"]
+
+    failed = dg.materialize(ASSETS, selection=[real_patches], resources=resources, instance=instance,
+                            tags=range_tags(tiles), raise_on_error=False)
+    assert not failed.success
+    assert sorted(p.name for p in (data_root / "patches").iterdir()) == tiles[:2]  # finished tiles stay, no staging
+    assert not instance.fetch_materializations(dg.AssetKey("real_patches"), limit=10).records  # the step failed
+
+    shutil.copyfile(sample_region / broken.name, broken)
+    result = dg.materialize(ASSETS, selection=[real_patches], resources=resources, instance=instance,
+                            tags=range_tags(tiles))
+    records = instance.fetch_materializations(dg.AssetKey("real_patches"), limit=10).records
+    assert sorted(r.partition_key for r in records) == tiles and {r.run_id for r in records} == {result.run_id}
+    heights = {t: pl.read_parquet(data_root / "patches" / t / "manifest.parquet").height for t in tiles}
+    meta = records[0].asset_materialization.metadata
+    assert meta["patches"].value == sum(heights.values()) and meta["partitions"].value == 3
+    for tile in tiles:  # the table by partition
+        assert f"| {tile} | {heights[tile]} |" in meta["by_partition"].value
+    evaluations = [e.asset_check_evaluation_data for e in result.all_events
+                   if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
+    per_tile = {(e.check_name, e.partition) for e in evaluations if e.partition is not None}
+    assert per_tile == {(check, tile) for check in PATCH_CHECKS for tile in tiles}
+    assert all(e.passed for e in evaluations)
+    summary = {e.check_name: e.metadata["failed_partitions"].value for e in evaluations if e.partition is None}
+    assert summary == dict.fromkeys(PATCH_CHECKS, "none")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,3 +29,44 @@ def test_generator_champion_is_the_version_with_the_lowest_fid(tmp_path: Path, m
     assert client.get_model_version("aras-gan-test", "4").description == "fid 30.0"
     assert client.get_registered_model("aras-gan-test").description == "a test generator"
     assert promote_lowest(client, "aras-gan-none", "aras.fid_encoder") is None
+
+
+class RacingClient:
+    """An MLflow client whose first alias write is preceded by another architecture's whole
+    registration and promotion: the interleaving of two trainings that end at once."""
+
+    def __init__(self, client, other: Callable[[], None]) -> None:
+        self._client, self._other = client, other
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    def set_registered_model_alias(self, *args, **kwargs):
+        other, self._other = self._other, None
+        if other is not None:
+            other()
+        return self._client.set_registered_model_alias(*args, **kwargs)
+
+
+def test_two_architectures_promoting_at_once_leave_one_champion_on_the_best(tmp_path: Path, monkeypatch) -> None:
+    """Regression: pan read the versions, fpn registered a better one and promoted it, then pan
+    wrote its stale pick; the alias stayed on pan (and on fpn too)."""
+    from aras_assets.segmentation.registry import CHAMPION, find_champion, model_name, promote_champion, register_model
+
+    monkeypatch.setenv("ARAS_DATA_ROOT", str(tmp_path))
+    mlflow = MlflowResource()
+    client = mlflow.client()
+    experiment = mlflow.experiment_id()
+    checkpoint = tmp_path / "m.pt"
+    torch.save({"w": torch.zeros(1)}, checkpoint)
+
+    def train(arch: str, f1: float) -> None:
+        run = client.create_run(experiment).info.run_id
+        register_model(mlflow.resolved_tracking_uri, run, torch.nn.Conv2d(3, 7, 1), checkpoint, arch, f1, {})
+
+    train("pan", 41.5)
+    promote_champion(RacingClient(client, lambda: (train("fpn", 57.25), promote_champion(client))))
+    holders = [name for name in (model_name("pan"), model_name("fpn"))
+               if CHAMPION in client.get_registered_model(name).aliases]
+    assert holders == [model_name("fpn")]
+    assert str(find_champion(client)) == f"{model_name('fpn')}/1"

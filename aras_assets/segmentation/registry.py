@@ -47,14 +47,25 @@ def segmentation_versions(client: Any) -> list[ModelVersionRef]:
     return found
 
 
-def promote_champion(client: Any) -> ModelVersionRef:
+def promote_champion(client: Any, rounds: int = 8) -> ModelVersionRef:
     """Put `champion` on the version with the best validation macro F1 across architectures,
-    and take it off every other model (an alias is per registered model)."""
-    versions = [v for v in segmentation_versions(client) if not math.isnan(v.score)]
-    if not versions:
-        raise NoModelError("no segmentation model versions with a validation score are registered")
-    best = max(versions, key=lambda v: (v.score, v.name, int(v.version)))
-    return move_alias(client, CHAMPION, best, {v.name for v in versions})
+    and take it off every other model (an alias is per registered model).
+
+    Architectures that train at once register and promote at once: a promoter that read the
+    versions before another registered a better one would leave the alias on a stale pick. So
+    after moving the alias each promoter reads the versions again and moves it again while the
+    best changed; the last promoter to finish has seen every version registered before it."""
+    moved: ModelVersionRef | None = None
+    for _ in range(rounds):
+        versions = [v for v in segmentation_versions(client) if not math.isnan(v.score)]
+        if not versions:
+            raise NoModelError("no segmentation model versions with a validation score are registered")
+        best = max(versions, key=lambda v: (v.score, v.name, int(v.version)))
+        if moved is not None and (best.name, best.version) == (moved.name, moved.version):
+            return moved
+        moved = move_alias(client, CHAMPION, best, {v.name for v in versions})
+    assert moved is not None
+    return moved
 
 
 def find_champion(client: Any) -> ModelVersionRef:
