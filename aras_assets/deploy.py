@@ -144,17 +144,14 @@ def resources(name: str | None = None) -> dict[str, object]:
 
 
 def executor(name: str | None = None) -> Any:
-    """The executor of every job: each step in its own Kubernetes job on k8s; on one machine
-    (local) the steps of a run in the run's process, one after another, since a process per step
-    would import the definitions (torch and all, seconds) again for every step; Dagster's
-    default (a process per step, several at once) on postgres, where runs have room."""
-    name = name or current()
-    if name == "local":
-        import dagster as dg
+    """The executor of every job: each step in its own Kubernetes job on k8s; elsewhere the
+    steps of a run in the run's process, one after another, since a process per step would
+    import the definitions (torch and all, seconds) again for every step. Parallelism comes
+    from runs: the queue runs several at once."""
+    if (name or current()) == "k8s":
+        from dagster_k8s import k8s_job_executor
 
-        return dg.in_process_executor
-    if name != "k8s":
-        return None
-    from dagster_k8s import k8s_job_executor
+        return k8s_job_executor
+    import dagster as dg
 
-    return k8s_job_executor
+    return dg.in_process_executor

@@ -300,7 +300,7 @@ def test_k8s_definitions_run_each_step_in_its_own_pod() -> None:
 
     from aras_assets.graph import ASSETS, JOBS
 
-    assert deploy.executor("k8s") is k8s_job_executor and deploy.executor("postgres") is None
-    assert deploy.executor("local") is dg.in_process_executor
+    assert deploy.executor("k8s") is k8s_job_executor
+    assert deploy.executor("local") is deploy.executor("postgres") is dg.in_process_executor
     defs = dg.Definitions(assets=ASSETS, jobs=JOBS, executor=deploy.executor("k8s"), resources=deploy.resources("k8s"))
     assert defs.resolve_job_def(JOBS[0].name).executor_def.name == k8s_job_executor.name

@@ -1,6 +1,7 @@
-"""The Postgres deployment against a real PostgreSQL server: the Dagster instance records real
-runs, four partition runs at once (four processes) leave every record exactly once, and MLflow's
-backend store keeps runs, registered versions and one champion.
+"""The Postgres deployment against a real PostgreSQL server: a real backfill of tiles, shards and
+two architectures, run by the daemon of a `dagster dev` with several runs at once, leaves every
+run and record exactly once, and MLflow's backend store keeps runs, registered versions and one
+champion.
 
 The server: `ARAS_TEST_PG_URL` (`.ci/run` starts one), else a throwaway one started here
 (tests/pg_server.py). Without PostgreSQL the tests skip, unless `ARAS_REQUIRE_POSTGRES=1` (CI),
@@ -8,16 +9,18 @@ where they fail."""
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
 import shutil
 import tempfile
+import threading
+import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import backfill_worker
 import dagster as dg
 import pg_server
 import polars as pl
@@ -27,7 +30,8 @@ from servers import free_port
 
 from aras_assets import deploy
 from aras_assets.instance import ensure_dagster_home
-from aras_assets.sources.assets import ASSETS, tile_catalog
+from aras_assets.sources.assets import tile_catalog
+from aras_assets.sources.sample_region import TileRecipe, write_sample_region
 
 TILES = ["N36E030", "N36E031", "N38E028", "N38E029"]
 
@@ -81,57 +85,148 @@ def postgres_deploy(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     return home
 
 
-def test_real_runs_of_four_partitions_at_once_are_recorded_once(postgres_deploy: Path, resources: dict,
-                                                                 data_root: Path, sample_region: Path) -> None:
-    """The catalog's run, then four partition runs at once, each in its own process with its own
-    instance, on one database and one data root: every run and record is there exactly once."""
+# Eight 512 px tiles in the default bounding box (two WorldCover tiles): 8 real_patches partitions.
+EIGHT_TILES = tuple(TileRecipe(t) for t in ("N36E028", "N36E029", "N37E028", "N37E029", "N38E028", "N38E029",
+                                             "N36E030", "N36E031"))
+# The deployment's settings, from the environment as a cluster gives them: tiny training, 4 shards of 4.
+TINY_ENV = {"ARAS_PROFILE": "demo", "ARAS_SEG_EPOCHS": "1", "ARAS_SEG_ARCHS": '["pan", "fpn"]', "ARAS_GAN_STEPS": "4",
+            "ARAS_GAN_CHECKPOINT_EVERY": "2", "ARAS_GAN_FID_EVERY": "0", "ARAS_FID_IMAGES": "8",
+            "ARAS_GEN_SHARDS": "4", "ARAS_GEN_SHARD_SIZE": "4", "ARAS_GEN_BATCH_SIZE": "4"}
+LAUNCH_BACKFILL = """mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"""
+
+
+def graphql(url: str, query: str, variables: dict) -> dict:
+    body = json.dumps({"query": query, "variables": variables}).encode()
+    request = urllib.request.Request(f"{url}/graphql", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.load(response)
+    assert "errors" not in answer, answer["errors"]
+    return answer["data"]
+
+
+def most_at_once(runs: list[dg.RunRecord]) -> int:
+    """The most runs in progress at one time, from when each started and ended."""
+    edges = sorted([(r.start_time, 1) for r in runs] + [(r.end_time, -1) for r in runs], key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_a_backfill_of_tiles_shards_and_architectures_runs_at_once(postgres_deploy: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real backfill, launched through a webserver and run by the daemon on the Postgres
+    instance: 8 real_patches tiles (2 per run, their backfill policy), 4 uncond_images shards
+    and the pan and fpn segmentation models, 8 runs of which at least 4 run at once, the two
+    architectures training at the same time. Every run
+    and record is there exactly once, each architecture's versions are whole, one holds the
+    champion alias, and it is the best."""
+    from aras_assets.generation.assets import uncond_gan
+    from aras_assets.graph import ASSETS as ALL
+    from aras_assets.launcher import dagster_dev
+    from aras_assets.ranged import range_tags
+    from aras_assets.resources_config import default_resources
+    from aras_assets.segmentation.assets import segmentation_model
+    from aras_assets.segmentation.registry import CHAMPION, SELECTION_METRIC, model_name, segmentation_versions
+    from aras_assets.sources.assets import real_patches, splits
+    from resources import MlflowResource
+
+    region, data_root = tmp_path / "region", tmp_path / "data"
+    write_sample_region(region, seed=7, tile_px=512, recipes=EIGHT_TILES)
+    env = {**TINY_ENV, "ARAS_DATA_ROOT": str(data_root), "ARAS_TILE_SOURCE": str(region), "ARAS_PARTITIONS_PER_RUN": "2"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # a machine with two GPUs: two GPU steps at once
+    config = postgres_deploy / "dagster.yaml"
+    config.unlink()
+    config.write_text(deploy.INSTANCE_CONFIGS["postgres"].read_text().replace("default_limit: 1", "default_limit: 2"))
+
+    def here(asset: dg.AssetsDefinition, **kwargs: object) -> None:
+        assert dg.materialize(ALL, selection=[asset], resources=default_resources(), instance=instance, **kwargs).success
+
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["backfill_worker"])  # imported once, then each worker forks from it
-    start, results = context.Barrier(len(TILES) + 1), context.Queue()
-    workers = [context.Process(target=backfill_worker.backfill_one,
-                               args=(str(postgres_deploy), t, TILES, str(data_root), str(sample_region), start, results))
-               for t in TILES]
-    try:
-        with dg.DagsterInstance.from_config(str(postgres_deploy)) as instance:  # creates the tables, once
-            assert isinstance(instance.run_storage, PostgresRunStorage)
-            assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
-            assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
-            for w in workers:  # they start (import, open their instance) while the catalog runs
-                w.start()
-            catalog = dg.materialize(ASSETS, selection=[tile_catalog], resources=resources, instance=instance)
-        start.wait(timeout=120)  # all go together
-        finished = [results.get(timeout=120) for _ in workers]
-    finally:
-        for w in workers:
-            w.join(timeout=30)
-            if w.exitcode is None:
-                w.kill()
-    assert [w.exitcode for w in workers] == [0] * len(TILES)
-    assert sorted(t for t, _, ok in finished if ok) == TILES
-
     with dg.DagsterInstance.from_config(str(postgres_deploy)) as instance:
-        runs = instance.get_run_records(dg.RunsFilter(run_ids=[catalog.run_id, *(run_id for _, run_id, _ in finished)]))
-        assert sorted(r.dagster_run.status.value for r in runs) == ["SUCCESS"] * (len(TILES) + 1)
-        latest = instance.get_latest_materialization_event(dg.AssetKey("tile_catalog"))
-        assert latest is not None and latest.run_id == catalog.run_id
-        assert sorted(instance.get_dynamic_partitions("s2_tile")) == TILES  # each registered once
-        records = instance.fetch_materializations(dg.AssetKey("real_patches"), limit=100).records
-        assert Counter(r.partition_key for r in records) == dict.fromkeys(TILES, 1)
-        by_run = {r.partition_key: r.run_id for r in records}
-        assert by_run == {t: run_id for t, run_id, _ in finished}
-        patches = {r.partition_key: r.asset_materialization.metadata["patches"].value for r in records}
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+        def prepare() -> None:  # what the generator needs first: patches, splits, a champion to score it, the generator
+            try:
+                here(tile_catalog)
+                here(real_patches, tags=range_tags(instance.get_dynamic_partitions("s2_tile")))
+                here(splits)
+                here(segmentation_model, partition_key="pan")
+                here(uncond_gan)
+            except BaseException as exc:  # raised again below, in the test's thread
+                problems.append(exc)
+
+        problems: list[BaseException] = []
+        preparing = threading.Thread(target=prepare)
+        preparing.start()  # while the webserver and daemon start
+        with dagster_dev(postgres_deploy, {**os.environ, **env}) as url:
+            preparing.join()
+            if problems:
+                raise problems[0]
+            tiles, shards = instance.get_dynamic_partitions("s2_tile"), instance.get_dynamic_partitions("gen_shard")
+            assert sorted(tiles) == sorted(r.tile for r in EIGHT_TILES) and shards == ["0000", "0001", "0002", "0003"]
+            launched = graphql(url, LAUNCH_BACKFILL, {"params": {"partitionsByAssets": [
+                {"assetKey": {"path": ["real_patches"]}, "partitions": {"range": {"start": tiles[0], "end": tiles[-1]}}},
+                {"assetKey": {"path": ["uncond_images"]}, "partitions": {"range": {"start": shards[0], "end": shards[-1]}}},
+                {"assetKey": {"path": ["segmentation_model"]},
+                 "partitions": {"ranges": [{"start": "pan", "end": "pan"}, {"start": "fpn", "end": "fpn"}]}}]}})
+            answer = launched["launchPartitionBackfill"]
+            assert answer["__typename"] == "LaunchBackfillSuccess", answer
+            backfill = answer["backfillId"]
+            # the daemon requests every run at its next tick (every 30 s); done when all 8 have ended
+            deadline = time.monotonic() + 600
+            while True:
+                runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill}))
+                if len(runs) == 8 and all(r.dagster_run.is_finished for r in runs):
+                    break
+                assert time.monotonic() < deadline, f"backfill {backfill}: {[r.dagster_run.status for r in runs]}"
+                time.sleep(1)
+        failed = [r.dagster_run.run_id for r in runs if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS]
+        assert not failed, failed
+        # 4 runs of 2 tiles and 2 of 2 shards at once, then one per architecture (they read the patches)
+        t0 = min(r.create_timestamp.timestamp() for r in runs)
+        timeline = sorted((round(r.create_timestamp.timestamp() - t0, 1), round(r.start_time - t0, 1),
+                           round(r.end_time - t0, 1), r.dagster_run.tags.get("dagster/asset_partition_range_start")
+                           or r.dagster_run.tags.get("dagster/partition")) for r in runs)
+        assert len(runs) == 8 and most_at_once(runs) >= 4, timeline
+        trained = [r for r in runs if r.dagster_run.tags.get("dagster/partition") in ("pan", "fpn")]
+        assert most_at_once(trained) == 2  # the gpu pool has two slots: both train at once
+        ids = {r.dagster_run.run_id for r in runs}
+        for key, partitions in (("real_patches", tiles), ("uncond_images", shards), ("segmentation_model", ["pan", "fpn"])):
+            records = [r for r in instance.fetch_materializations(dg.AssetKey(key), limit=100).records if r.run_id in ids]
+            assert Counter(r.partition_key for r in records) == dict.fromkeys(partitions, 1), key
+
     # the Kubernetes instance config reads the same database (its run launcher needs a cluster: not built here)
     k8s_home = postgres_deploy.parent / "k8s_home"
     k8s_home.mkdir()
     shutil.copyfile(deploy.INSTANCE_CONFIGS["k8s"], k8s_home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(k8s_home)) as instance:
-        assert instance.get_run_record_by_id(catalog.run_id) is not None
-    manifests = pl.concat([pl.read_parquet(data_root / "patches" / t / "manifest.parquet") for t in TILES])
-    assert sum(patches.values()) == manifests.height
-    assert manifests.height > 40 and manifests["patch_id"].n_unique() == manifests.height
-    assert sorted(p.name for p in (data_root / "patches").iterdir()) == TILES  # no staging left
+        assert instance.get_run_record_by_id(next(iter(ids))) is not None
+
+    manifests = pl.concat([pl.read_parquet(data_root / "patches" / t / "manifest.parquet") for t in tiles])
+    assert manifests.height >= 8 and manifests["patch_id"].n_unique() == manifests.height
+    synthetic = pl.concat([pl.read_parquet(data_root / "synthetic" / "uncond" / s / "manifest.parquet") for s in shards])
+    assert synthetic.height == 16 and synthetic["image_id"].n_unique() == 16
+    assert all((data_root / p).exists() for p in synthetic["image_path"])
+    # the models: pan's two versions and fpn's one, each from a finished run; one champion, the best
+    client = MlflowResource().client()
+    versions = segmentation_versions(client)
+    assert sorted((v.name, v.version) for v in versions) == [
+        (model_name("fpn"), "1"), (model_name("pan"), "1"), (model_name("pan"), "2")]
+    assert all(client.get_run(v.run_id).info.status == "FINISHED" for v in versions)
+    holders = [n for n in (model_name("pan"), model_name("fpn")) if CHAMPION in client.get_registered_model(n).aliases]
+    assert len(holders) == 1
+    champion = client.get_model_version_by_alias(holders[0], CHAMPION)
+    best = max(versions, key=lambda v: (v.score, v.name, int(v.version)))
+    assert (holders[0], str(champion.version)) == (best.name, best.version)
+    assert float(champion.tags[SELECTION_METRIC]) == best.score
 
 
 def test_mlflow_keeps_runs_and_model_versions_in_postgres(postgres_deploy: Path, tmp_path: Path) -> None:
