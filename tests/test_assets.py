@@ -70,9 +70,8 @@ def test_one_run_over_a_range_of_tiles_keeps_checks_per_tile_and_finished_tiles(
     the tiles before it kept; re-running the range finishes it."""
     import shutil
 
-    from conftest import make_resources
-
     from aras_assets.ranged import BACKFILL_POLICY, range_tags
+    from tests.conftest import make_resources
 
     assert real_patches.backfill_policy == BACKFILL_POLICY and BACKFILL_POLICY.max_partitions_per_run > 1
     region = tmp_path / "region"
