@@ -20,6 +20,29 @@ EXPERIMENT_TAGS = {
 }
 
 
+SQLITE_PREFIX = "sqlite:///"
+_READY: set[Path] = set()  # sqlite stores this process has opened
+
+
+def _sqlite_store_ready(uri: str, db: Path) -> None:
+    """MLflow creates and migrates a sqlite store when a process first opens it. Runs that start
+    at once on a new data root would all do it, and all but one fail ("duplicate column name"):
+    the first opening in each process happens here, one process at a time."""
+    if db in _READY:
+        return
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f"{db.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # the tracking store's tables
+        client.search_registered_models(max_results=1)  # the registry's
+    _READY.add(db)
+
+
 class MlflowResource(dg.ConfigurableResource):
     """Tracking store `tracking_uri` (default: the deployment's, else a sqlite file under the data root) and artifacts
     under `artifact_root`, so `mlflow ui --backend-store-uri <same uri>` shows everything."""
@@ -52,7 +75,10 @@ class MlflowResource(dg.ConfigurableResource):
     def client(self) -> Any:
         from mlflow.tracking import MlflowClient
 
-        return MlflowClient(tracking_uri=self.resolved_tracking_uri, registry_uri=self.resolved_tracking_uri)
+        uri = self.resolved_tracking_uri
+        if uri.startswith(SQLITE_PREFIX):
+            _sqlite_store_ready(uri, Path(uri.removeprefix(SQLITE_PREFIX)))
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def experiment_id(self, name: str | None = None) -> str:
         """The experiment's id, creating it with the configured artifact root if missing."""
@@ -60,7 +86,14 @@ class MlflowResource(dg.ConfigurableResource):
         name = name or self.experiment
         found = client.get_experiment_by_name(name)
         if found is None:
-            return client.create_experiment(name, artifact_location=self.resolved_artifact_root, tags=EXPERIMENT_TAGS)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return client.create_experiment(name, artifact_location=self.resolved_artifact_root, tags=EXPERIMENT_TAGS)
+            except MlflowException:  # another run made it at the same moment
+                found = client.get_experiment_by_name(name)
+                if found is None:
+                    raise
         if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older version: a kind set by hand stays
             for key, value in EXPERIMENT_TAGS.items():
                 client.set_experiment_tag(found.experiment_id, key, value)

@@ -70,3 +70,30 @@ def test_two_architectures_promoting_at_once_leave_one_champion_on_the_best(tmp_
                if CHAMPION in client.get_registered_model(name).aliases]
     assert holders == [model_name("fpn")]
     assert str(find_champion(client)) == f"{model_name('fpn')}/1"
+
+
+def open_store(root: str, start, results) -> None:
+    import os
+
+    os.environ["ARAS_DATA_ROOT"] = root
+    start.wait(timeout=60)
+    try:
+        results.put(MlflowResource().experiment_id())
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_runs_that_start_at_once_on_a_new_data_root_share_one_store(tmp_path: Path) -> None:
+    """Regression: two segmentation runs launched together on a fresh data root both created
+    MLflow's sqlite store; one failed with "duplicate column name: step"."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(4), context.Queue()
+    workers = [context.Process(target=open_store, args=(str(tmp_path), start, results)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    found = [results.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+    assert len(set(found)) == 1 and found[0].isdigit(), found
