@@ -112,7 +112,7 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
             one = keys[0] if len(keys) == 1 else None
             result = definitions.defs.resolve_job_def(job).execute_in_process(
                 instance=instance, run_config=config, partition_key=one, raise_on_error=False,
-                tags={**tags, RUNNER_TAG: runner_id(), **({} if one is not None or keys == [None] else range_tags(keys))})
+                tags={**tags, RUNNER_TAG: runner_id(), **(range_tags(keys) if len(keys) > 1 else {})})
             if received:
                 raise KeyboardInterrupt
             if not result.success:
@@ -122,8 +122,7 @@ def run_pipeline(profile: str | None = None, overrides: Mapping[str, str] | None
 
     def execute_launched(job: str, runs_of: list[list[str | None]]) -> list[str]:
         # every run of the stage at once: the run queue and the gpu pool decide how many run together
-        run_ids = [runs.submit(job, config, {**tags, **(range_tags(keys) if keys != [None] else {})})
-                   for keys in runs_of]
+        run_ids = [runs.submit(job, config, {**tags, **range_tags(keys)}) for keys in runs_of]
         current[:] = run_ids
         ended = {run_id: runs.wait(run_id) for run_id in tqdm(run_ids, desc=job, unit="run", disable=len(run_ids) < 2)}
         current.clear()

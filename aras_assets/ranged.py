@@ -112,8 +112,9 @@ def partition_ranges(ordered: Sequence[str], wanted: Sequence[str], per_run: int
     return runs
 
 
-def range_tags(keys: Sequence[str]) -> dict[str, str]:
-    """The tags of a run over `keys` (contiguous): a single partition's tag for one key."""
+def range_tags(keys: Sequence[str | None]) -> dict[str, str]:
+    """The tags of a run over `keys` (contiguous): a single partition's tags for one key, none
+    for an unpartitioned run ([None])."""
     if len(keys) == 1:
         return partition_tags(keys[0])
     return {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}

@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 
 from aras_assets.mlflow_runs import promote_lowest, register_version
 from resources.tracking import MlflowResource
 
 
-def test_generator_champion_is_the_version_with_the_lowest_fid(tmp_path: Path, monkeypatch) -> None:
+@dataclass
+class Store:
+    """A local MLflow store under a fresh data root, its experiment, and a checkpoint file to register."""
+
+    mlflow: MlflowResource
+    client: Any
+    experiment: str
+    checkpoint: Path
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     monkeypatch.setenv("ARAS_DATA_ROOT", str(tmp_path))
     mlflow = MlflowResource()
-    client = mlflow.client()
-    experiment = mlflow.experiment_id()
-    checkpoint = tmp_path / "g.pt"
+    checkpoint = tmp_path / "model.pt"
     torch.save({"w": torch.zeros(1)}, checkpoint)
+    return Store(mlflow, mlflow.client(), mlflow.experiment_id(), checkpoint)
+
+
+def test_generator_champion_is_the_version_with_the_lowest_fid(store: Store) -> None:
+    mlflow, client, experiment, checkpoint = store.mlflow, store.client, store.experiment, store.checkpoint
     for fid in ("12.5", "9.25", "nan", "30.0"):
         run = client.create_run(experiment).info.run_id
         register_version(mlflow.resolved_tracking_uri, run, torch.nn.Linear(2, 2), checkpoint, "aras-gan-test",
@@ -48,17 +65,12 @@ class RacingClient:
         return self._client.set_registered_model_alias(*args, **kwargs)
 
 
-def test_two_architectures_promoting_at_once_leave_one_champion_on_the_best(tmp_path: Path, monkeypatch) -> None:
+def test_two_architectures_promoting_at_once_leave_one_champion_on_the_best(store: Store) -> None:
     """Regression: pan read the versions, fpn registered a better one and promoted it, then pan
     wrote its stale pick; the alias stayed on pan (and on fpn too)."""
     from aras_assets.segmentation.registry import CHAMPION, find_champion, model_name, promote_champion, register_model
 
-    monkeypatch.setenv("ARAS_DATA_ROOT", str(tmp_path))
-    mlflow = MlflowResource()
-    client = mlflow.client()
-    experiment = mlflow.experiment_id()
-    checkpoint = tmp_path / "m.pt"
-    torch.save({"w": torch.zeros(1)}, checkpoint)
+    mlflow, client, experiment, checkpoint = store.mlflow, store.client, store.experiment, store.checkpoint
 
     def train(arch: str, f1: float) -> None:
         run = client.create_run(experiment).info.run_id
