@@ -29,7 +29,7 @@ import torch
 from servers import free_port
 
 from aras_assets import deploy
-from aras_assets.instance import ensure_dagster_home
+from aras_assets.instance import ensure_dagster_home, ensure_pools
 from aras_assets.sources.assets import tile_catalog
 from aras_assets.sources.sample_region import TileRecipe, write_sample_region
 
@@ -116,6 +116,20 @@ def most_at_once(runs: list[dg.RunRecord]) -> int:
     return peak
 
 
+def test_the_gpu_pool_is_limited_at_once_and_follows_a_changed_default(postgres_deploy: Path) -> None:
+    """Regression: the pool must exist before runs are queued, and a changed default_limit must
+    reach a pool made from the old one; Dagster's own update fails on Postgres (dagster#33552)."""
+    config = postgres_deploy / "dagster.yaml"
+    with dg.DagsterInstance.from_config(str(postgres_deploy)) as instance:
+        assert instance.event_log_storage.get_concurrency_info(deploy.GPU_POOL).slot_count == 1
+    config.unlink()
+    config.write_text(deploy.INSTANCE_CONFIGS["postgres"].read_text().replace("default_limit: 1", "default_limit: 3"))
+    ensure_dagster_home(postgres_deploy)
+    with dg.DagsterInstance.from_config(str(postgres_deploy)) as instance:
+        assert instance.event_log_storage.get_concurrency_info(deploy.GPU_POOL).slot_count == 3
+        assert ensure_pools(instance) == []  # made once
+
+
 def test_a_backfill_of_tiles_shards_and_architectures_runs_at_once(postgres_deploy: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A real backfill, launched through a webserver and run by the daemon on the Postgres
@@ -143,6 +157,7 @@ def test_a_backfill_of_tiles_shards_and_architectures_runs_at_once(postgres_depl
     config = postgres_deploy / "dagster.yaml"
     config.unlink()
     config.write_text(deploy.INSTANCE_CONFIGS["postgres"].read_text().replace("default_limit: 1", "default_limit: 2"))
+    ensure_dagster_home(postgres_deploy)  # as the next `aras` command would: the gpu pool follows to 2
 
     def here(asset: dg.AssetsDefinition, **kwargs: object) -> None:
         assert dg.materialize(ALL, selection=[asset], resources=default_resources(), instance=instance, **kwargs).success

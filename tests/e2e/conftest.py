@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
+
+from aras_assets.instance import ensure_pools
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARAS_LOCATION = "aras"
@@ -233,6 +236,8 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory, sample_region: Path) -
     home.mkdir()
     data_root.mkdir()
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")  # the pool and queue settings under test
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        ensure_pools(instance)  # as `aras ui` prepares its home
     port = free_port()
     log = base / "dagster_dev.log"
     with open(log, "wb") as out:

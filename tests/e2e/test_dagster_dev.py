@@ -4,6 +4,7 @@ sensor, the `gpu` pool of dagster.yaml, and the asset graph rendered in headless
 
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -85,9 +86,11 @@ def step_window(dev: DagsterDev, run_id: str, step: str) -> tuple[float, float]:
 
 
 def test_gpu_pool_keeps_gpu_steps_apart(dagster_dev: DagsterDev):
-    """Two runs launched together, each with one step in the `gpu` pool (limit 1 in dagster.yaml).
-    Without the pool their steps overlap (the assets sleep 4 s each)."""
-    run_ids = [dagster_dev.launch(job, location=GPU_LOCATION) for job in ("gpu_a_job", "gpu_b_job")]
+    """Two runs launched at once, each with one step in the `gpu` pool (limit 1 in dagster.yaml).
+    Without the pool their steps overlap (the assets sleep 4 s each). Regression: on a new instance
+    the queue's first pass let both through unless the pool was limited beforehand (ensure_pools)."""
+    with ThreadPoolExecutor(2) as pool:  # both queued within one pass of the queue (read every second)
+        run_ids = list(pool.map(lambda job: dagster_dev.launch(job, location=GPU_LOCATION), ("gpu_a_job", "gpu_b_job")))
     runs = [dagster_dev.wait_run(r) for r in run_ids]
     assert [r["status"] for r in runs] == ["SUCCESS", "SUCCESS"], dagster_dev.log_tail()
     windows = sorted(step_window(dagster_dev, r, s) for r, s in zip(run_ids, ("gpu_step_a", "gpu_step_b"), strict=True))
