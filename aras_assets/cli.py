@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace, profile: str | None) -> int:
 
     try:
         summary = run_pipeline(profile, _overrides(args.set), quiet=not args.verbose, command=f"aras {args.command}",
-                               in_process=not getattr(args, "launch", True) or getattr(args, "in_process", False))
+                               in_process=args.in_process)
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -351,12 +351,9 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = with_set(sub.add_parser("demo", help="run every stage on the embedded sample region"))
     demo.add_argument("-v", "--verbose", action="store_true", help="show Dagster's step logs")
-    # The demo runs in this process by default: a launched run waits 10-13 s on 2 cores for a worker
-    # to import the definitions; launched, the demo's 18 runs took 15:47 against 10:28 in-process.
-    demo.add_argument("--launch", action="store_true",
-                      help="launch the runs through dagster dev as `aras run` does (listed under their jobs in the UI)")
     in_process_help = ("run every run in this process instead of launching it through dagster dev "
                        "(faster to start; the UI then lists the runs but cannot re-execute them as their jobs)")
+    demo.add_argument("--in-process", action="store_true", help=in_process_help)
     run = with_set(sub.add_parser("run", help="run every stage with a profile"))
     run.add_argument("--profile", default=None, help="demo or paper (default: ARAS_PROFILE or demo)")
     run.add_argument("-v", "--verbose", action="store_true")

@@ -9,6 +9,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from aras_assets.pipeline import COMMAND_TAG
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -66,6 +68,10 @@ def test_aras_demo_end_to_end(cli_env, tmp_path):
                     "cond_compositions", "cond_captions", "gan_fid", "feature_projection", "ablation",
                     "ablation_tables", "report"):
             assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None
+        # launched by default, as the UI launches: each run has the code location's origin, so it is
+        # listed under its job and can be re-executed there
+        demo_runs = instance.get_runs(dg.RunsFilter(tags={COMMAND_TAG: "aras demo"}))
+        assert len(demo_runs) > 10 and all(r.remote_job_origin is not None and r.is_success for r in demo_runs)
     labelled = pl.concat([pl.read_parquet(p) for p in (data / "labels" / "real_patch_labels").glob("*/manifest.parquet")])
     assert labelled.height == manifests.height
     captions = pl.concat([pl.read_parquet(p) for p in (data / "captions" / "real").glob("*/captions.parquet")])
