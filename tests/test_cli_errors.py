@@ -97,3 +97,22 @@ def test_closed_pipe_ends_quietly():
                            "echo ${PIPESTATUS[0]}", shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120,
                            executable="/bin/bash")
     assert check.stdout.strip() == "0"
+
+
+@pytest.mark.parametrize(("argv", "in_process"), [(["demo"], False), (["demo", "--in-process"], True),
+                                                  (["run"], False), (["run", "--in-process"], True)])
+def test_demo_and_run_launch_their_runs_unless_in_process(argv, in_process, monkeypatch, capsys):
+    """Launched runs are listed under their jobs in the UI (the e2e test follows one through
+    dagster dev); the whole-graph demo test runs in-process to keep the suite short."""
+    from aras_assets import pipeline
+
+    asked = {}
+
+    def run_pipeline(profile, overrides, **kwargs):
+        asked.update(kwargs, profile=profile)
+        raise pipeline.StageFailed("stopped here")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", run_pipeline)
+    assert main(argv) == 1
+    assert asked["in_process"] is in_process and asked["command"] == f"aras {argv[0]}"
+    assert "error: stopped here" in capsys.readouterr().err
