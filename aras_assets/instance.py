@@ -25,7 +25,7 @@ def ensure_dagster_home(home: Path | None = None) -> Path:
     """Create the instance folder with the deployment's dagster.yaml and export DAGSTER_HOME. A link
     to another deployment's config is moved to this one; a file of the user's own is left alone.
     For a Postgres-backed deployment the databases must answer first (one line naming them if not).
-    The pools the assets name get their limits here, before any run is queued (`ensure_pools`)."""
+    The `gpu` pool (deploy.GPU_POOL) gets its limit here, before any run is queued (`ensure_pools`)."""
     name = deploy.current()
     deploy.check_ready(name)
     target = deploy.instance_config(name)
