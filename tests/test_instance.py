@@ -1,5 +1,5 @@
-"""The instance folder `aras` prepares: the project's dagster.yaml linked in, and the pools the
-assets name limited before any run is queued."""
+"""The instance folder `aras` prepares: the project's dagster.yaml linked in, and the `gpu` pool
+limited before any run is queued."""
 
 from __future__ import annotations
 
